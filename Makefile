@@ -1,0 +1,56 @@
+# Two commands do all set-up on a fresh machine:  `make run`  and  `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Offline, quiet, no telemetry: the default pipeline never reaches a hub or a tracker service.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_LEVEL ?= WARNING
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help setup run test smoke lock bench clean mlflow-ui
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(STAMP)  ## create .venv with the pinned dependencies
+
+run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro)
+	$(BIN)/dvc repro
+	@echo "Report: reports/comparison.md   MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1"
+
+test: $(STAMP)  ## run the test suite
+	$(BIN)/python -m pytest tests
+
+lock:  ## re-resolve requirements.in into requirements.lock
+	rm -rf /tmp/selfilter-lock && $(PYTHON) -m venv /tmp/selfilter-lock
+	/tmp/selfilter-lock/bin/pip install -q -r requirements.in
+	( echo '# Exact, tested dependency set (pip freeze of requirements.in on python 3.11 / x86_64). Regenerate: make lock'; \
+	  /tmp/selfilter-lock/bin/pip freeze | grep -v '^-e ' ) > requirements.lock
+
+bench: $(STAMP)  ## speed/memory benchmarks (figures in benchmarks/README.md)
+	$(BIN)/python -m benchmarks.bench_select
+
+mlflow-ui: $(STAMP)  ## browse the runs at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --default-artifact-root ./mlartifacts --host 127.0.0.1
+
+clean:  ## remove generated data, models and runs (keeps .venv)
+	rm -rf data models features judge stage1 el2n selections runs evals reports mlruns.db mlartifacts .prefect

@@ -1,0 +1,3 @@
+from selfilter.cli import main
+
+raise SystemExit(main())

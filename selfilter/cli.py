@@ -1,0 +1,50 @@
+"""``selfilter`` command line: one subcommand per module, imported only when used.
+
+Each entry names a module that defines ``add_arguments(parser)`` and ``run(args) -> int``.
+Keeping imports lazy makes ``selfilter --help`` instant (torch is not imported for it).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ingest": ("selfilter.data.ingest", "validate LLaVA-format annotations into records.jsonl + rejected.jsonl"),
+    "shapes": ("selfilter.data.shapes", "generate the embedded 'shapes' instruction dataset and benchmarks"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfilter",
+        description="Self-Filter data selection for visual instruction tuning. "
+        "The pipeline itself runs with `dvc repro` (see README); these commands are its parts.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Parse the command name first, then let its module add its own arguments.
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # prints help / the list of valid commands
+        if args.command is None:
+            parser.print_help()
+            return 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"selfilter {name}", description=COMMANDS[name][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

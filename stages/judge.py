@@ -1,0 +1,82 @@
+"""judge stage: a 0-10 quality rating of every pool record (Self-Filter scores, Alpagasus).
+
+    python -m stages.judge --params params.yaml --records data/pool/records.jsonl \
+        [--scenes data/shapes/scenes.jsonl] --out judge
+
+Outputs (OUT): ratings.parquet (uid, rating, parsed), usage.json (calls, cache hits, tokens;
+a DVC metrics file for the cost report), and a sidecar. Replies are cached under
+judge.cache_dir (not an out), so a rerun after a failure repeats no call.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from selfilter.config import load_section
+from selfilter.data.records import load_records
+from selfilter.io import read_jsonl, write_json, write_parquet, write_sidecar
+from selfilter.judge import build_backend, judge_records
+from selfilter.judge.annotation import index_scenes
+from selfilter.judge.config import JudgeConfig
+
+log = logging.getLogger("judge")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--records", required=True, help="records.jsonl from ingest")
+    p.add_argument("--scenes", help="scene annotations (jsonl keyed by 'image'); required by the annotation backend")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as e:  # user errors: one line, no traceback
+        print(f"judge: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_section("judge", JudgeConfig, args.params)
+    records = load_records(args.records)
+    if args.scenes:
+        scenes = index_scenes(read_jsonl(args.scenes), source=args.scenes)
+    elif cfg.backend == "annotation":
+        raise ValueError("judge.backend=annotation needs --scenes (the scene annotations)")
+    else:
+        scenes = {}
+    backend = build_backend(cfg)
+    started = time.perf_counter()
+    table, usage = judge_records(records, scenes, backend, progress=not args.no_progress)
+    usage["seconds"] = round(time.perf_counter() - started, 3)
+
+    failed = usage.get("failed", 0)
+    if len(records) and failed / len(records) > cfg.max_failed_fraction:
+        write_json(Path(args.out) / "usage.json", usage)
+        raise ValueError(f"{failed} of {len(records)} judge requests failed after retries "
+                         f"(judge.max_failed_fraction={cfg.max_failed_fraction}); rerun to retry them "
+                         "(answered prompts come from the cache)")
+    out = Path(args.out)
+    write_parquet(out / "ratings.parquet", table)
+    write_json(out / "usage.json", usage)
+    inputs = {"records": args.records, **({"scenes": args.scenes} if args.scenes else {})}
+    write_sidecar(out / "ratings.parquet", params=cfg, inputs=inputs, **usage)
+    log.info("%d records rated (mean %.2f); %d unparseable -> mean; %d requests, %d cache hits",
+             len(table), usage["mean_rating"] or 0, usage["n_unparsed"], usage["requests"], usage["cache_hits"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m stages.judge", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -272,3 +272,28 @@ def test_cli_and_prepare_stage(tmp_path, capsys):
     assert cli_main(["shapes", "--out", str(tmp_path / "s3"), "--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert "data.shapes.pool_sise" in err and "Traceback" not in err
+
+
+def test_prepare_llava_source_and_image_dir_mismatch(tmp_path, capsys):
+    import yaml
+
+    from stages.prepare import main as prepare_main
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("RGB", (8, 8)).save(imgs / "a.png")
+    ann = tmp_path / "ann.json"
+    conv = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    ann.write_text(json.dumps([{"id": "1", "image": "a.png", "conversations": conv},
+                               {"id": "2", "image": "b.png", "conversations": conv}]))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"source": "llava", "annotations": str(ann), "image_dir": str(imgs)}}))
+    args = ["--params", str(params), "--shapes-dir", str(tmp_path / "shapes"), "--out", str(tmp_path / "pool"),
+            "--no-progress"]
+    assert prepare_main(args) == 0
+    assert json.loads((tmp_path / "pool" / "summary.json").read_text())["by_reason"] == {"image_missing": 1}
+    assert (tmp_path / "shapes").is_dir()  # the declared output exists (empty)
+    params.write_text(yaml.safe_dump({"data": {"image_dir": "elsewhere", "shapes": {"pool_size": 5}}}))
+    capsys.readouterr()
+    assert prepare_main(args) == 2
+    assert "data.image_dir" in capsys.readouterr().err

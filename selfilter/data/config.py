@@ -27,7 +27,7 @@ class CategoryMix(Section):
     reasoning: float = Field(0.3, ge=0)
 
     @model_validator(mode="after")
-    def _some_mass(self) -> "CategoryMix":
+    def _some_mass(self) -> CategoryMix:
         if self.conversation + self.detail + self.reasoning <= 0:
             raise ValueError("at least one category needs a positive share")
         return self
@@ -42,7 +42,7 @@ class ImperfectionRates(Section):
     truncated: float = Field(0.05, ge=0, le=1)
 
     @model_validator(mode="after")
-    def _leave_clean_samples(self) -> "ImperfectionRates":
+    def _leave_clean_samples(self) -> ImperfectionRates:
         total = self.wrong_answer + self.near_duplicate + self.low_information + self.truncated
         if total >= 1:
             raise ValueError(f"imperfection rates sum to {total:.2f}; they must leave clean samples (< 1)")
@@ -76,7 +76,7 @@ class DataConfig(Section):
     shapes: ShapesConfig = ShapesConfig()
 
     @model_validator(mode="after")
-    def _llava_needs_annotations(self) -> "DataConfig":
+    def _llava_needs_annotations(self) -> DataConfig:
         if self.source == "llava" and not self.annotations:
             raise ValueError("source 'llava' needs 'annotations' (path of the LLaVA-format JSON/JSONL)")
         return self

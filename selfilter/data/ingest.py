@@ -33,9 +33,10 @@ import os
 import sys
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm

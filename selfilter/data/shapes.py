@@ -61,9 +61,10 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
@@ -204,7 +205,7 @@ def describe_scene(objects: Sequence[Obj]) -> str:
         return "The image is empty."
     ordered = sorted(objects, key=lambda o: (ROWS.index(o["row"]), COLS.index(o["col"])))
     n = len(ordered)
-    head = f"There is 1 object: " if n == 1 else f"There are {n} objects: "
+    head = "There is 1 object: " if n == 1 else f"There are {n} objects: "
     return head + _join([f"a {o['size']} {o['color']} {o['shape']} {place_phrase(o)}" for o in ordered]) + "."
 
 

@@ -11,8 +11,13 @@ import pytest
 from PIL import Image
 
 from selfilter.cli import main as cli_main
-from selfilter.data.ingest import (REASONS, AnnotationsError, ingest_records, read_annotations,
-                                   run_ingest)
+from selfilter.data.ingest import (
+    REASONS,
+    AnnotationsError,
+    ingest_records,
+    read_annotations,
+    run_ingest,
+)
 from selfilter.data.records import load_image
 from selfilter.io import read_jsonl
 
@@ -240,6 +245,6 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, image_dir, capsys):
 def test_cli_subprocess_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "selfilter", "ingest", str(tmp_path / "nope.json"),
                            "--image-dir", str(tmp_path), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+                          capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.json'}: annotations file not found"]

@@ -13,7 +13,7 @@ from selfilter.cli import main as cli_main
 from selfilter.data import shapes as S
 from selfilter.data.ingest import ingest_records
 
-SMALL = dict(bench={"vqa": 40, "pope_per_split": 20, "count": 12, "desc": 6})
+SMALL = {"bench": {"vqa": 40, "pope_per_split": 20, "count": 12, "desc": 6}}
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def _truth(question: str, objects) -> str | None:
     q = question.split("\n")[0]
     if q == "How many objects are there?":
         return str(len(objects))
-    if q.startswith("Describe") or q.startswith("Give") or q.startswith("What is in"):
+    if q.startswith(("Describe", "Give", "What is in")):
         return S.describe_scene(objects)
     if q.startswith("Is there a "):
         color, shape = q[len("Is there a "):].split()[:2]

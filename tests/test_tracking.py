@@ -1,0 +1,242 @@
+"""selfilter.tracking: naming, lineage reading, and logging into a real sqlite MLflow store."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from fake_pipeline import BENCH_METRICS, BUDGETS, METHODS, SEEDS, build_fake_pipeline, fresh_sqlite_store
+
+from selfilter import tracking as T
+
+N_COMPARED = len(METHODS) * len(BUDGETS) * len(SEEDS)
+
+
+# ------------------------------------------------------------------ naming (pure)
+@pytest.mark.parametrize("name, key", [
+    ("shapes_vqa/exact_match,none", "shapes_vqa/exact_match"),
+    ("shapes_pope/f1,adversarial", "shapes_pope/f1/adversarial"),
+    ("overall", "overall"),
+    ("/a//b/", "a/b"),
+    ("../x/./y", "_/x/_/y"),
+    ("mme: perception (cog)", "mme_ perception _cog_"),
+    ("finetune@random-0.15-0", "finetune_random-0.15-0"),
+    ("", "_"),
+])
+def test_mlflow_key_maps_deterministically_to_valid_names(name, key):
+    from mlflow.utils.validation import _validate_metric_name, _validate_param_name
+
+    assert T.mlflow_key(name) == key
+    _validate_metric_name(key)  # raises on a name MLflow would reject
+    _validate_param_name(key)
+
+
+def test_mlflow_keys_disambiguate_collisions_stably():
+    names = ["a/acc,none", "a/acc", "b"]
+    keys = T.mlflow_keys(names)
+    assert keys["b"] == "b"
+    assert keys["a/acc,none"] != keys["a/acc"]
+    assert all(k.startswith("a/acc_") for n, k in keys.items() if n != "b")
+    assert T.mlflow_keys(list(reversed(names))) == keys  # independent of order
+
+
+def test_long_names_are_truncated_to_mlflow_limit():
+    assert len(T.mlflow_key("x" * 600)) == 250
+
+
+def test_pipeline_digest_ignores_the_track_stage_itself():
+    lock = {"a": {"cmd": "1"}, "track": {"cmd": "t1"}}
+    d = T.pipeline_digest(lock)
+    assert d == T.pipeline_digest({**lock, "track": {"cmd": "t2"}})
+    assert d != T.pipeline_digest({**lock, "a": {"cmd": "2"}})
+    assert len(d) == 32
+    hashes = T.dvc_stage_hashes(lock)
+    assert set(hashes) == {"a", "track"} and all(len(h) == 12 for h in hashes.values())
+
+
+def test_read_train_log_accepts_list_and_hf_trainer_state(tmp_path):
+    p = tmp_path / "log.json"
+    p.write_text(json.dumps([{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.5, "note": "x"}]))
+    assert T.read_train_log(p) == {"loss": [(10, 2.0), (20, 1.5)]}
+    p.write_text(json.dumps({"log_history": [{"loss": 1.0, "epoch": 0.5}]}))
+    assert T.read_train_log(p) == {"loss": [(0, 1.0)], "epoch": [(0, 0.5)]}
+    p.write_text(json.dumps({"oops": 1}))
+    with pytest.raises(ValueError, match="log.json"):
+        T.read_train_log(p)
+
+
+def test_read_curve_csv_uses_step_column(tmp_path):
+    p = tmp_path / "loss.csv"
+    p.write_text("step,loss,phase\n5,1.0,warmup\n6,0.5,main\n")
+    assert T.read_curve_csv(p) == {"loss": [(5, 1.0), (6, 0.5)]}
+
+
+# ------------------------------------------------------------------ reading a finished pipeline
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    return build_fake_pipeline(tmp_path_factory.mktemp("pipe"))
+
+
+def test_collect_lineage_reads_every_contract(pipeline):
+    lin = T.collect_lineage(pipeline)
+    assert len(lin.comparisons) == N_COMPARED
+    c = next(r for r in lin.comparisons if r.key == "comparison/random/b0.15/s1")
+    assert (c.params["method"], c.params["budget"], c.params["seed"]) == ("random", "0.15", "1")
+    assert c.params["finetune.lr"] == "0.0002" and c.params["select.k_nearest"] == "10"
+    assert set(c.metrics) == {*BENCH_METRICS, "overall"}
+    assert c.curves["train/loss"] == [(0, 3.0), (1, 2.5), (2, 2.0)]
+    assert c.json_artifacts["selected_uids.json"] == list(range(1, 7))
+    assert [ctx for _, ctx in c.datasets] == ["training", "pool"]
+    stages = {r.name: r for r in lin.stages}
+    assert set(stages) == {"prepare", "stage1", "finetune", "compare", "base", "judge"}  # no 'track'
+    assert stages["stage1"].params == {"stage1.epochs": "1", "stage1.lr": "0.0001"}  # from dvc.lock
+    assert stages["stage1"].curves["scores/loss"][-1] == (4, 1.6)
+    assert "difficulty_scores.png" in stages["stage1"].histograms
+    assert stages["base"].metrics == {"probe_acc": 0.41, "chance": 0.25}
+    assert stages["judge"].metrics["usage/calls"] == 40
+    assert len(stages["finetune"].json_artifacts["dvc_stages.json"]) == N_COMPARED
+    assert any(k.startswith("dvc.stage.finetune_") for k in lin.tags)
+    assert lin.tags["git.commit"] == "unknown"  # tmp dir is not a git repo
+
+
+def test_collect_lineage_names_the_bad_record(tmp_path):
+    root = build_fake_pipeline(tmp_path / "p")
+    data = json.loads((root / "reports/metrics.json").read_text())
+    del data["runs"][3]["seed"]
+    (root / "reports/metrics.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"metrics.json: runs\[3\]: missing seed"):
+        T.collect_lineage(root)
+
+
+# ------------------------------------------------------------------ logging into a real store
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("store")
+    return fresh_sqlite_store(d / "mlruns.db"), (d / "mlartifacts").as_uri()
+
+
+def _tracker(store, experiment):
+    return T.connect(store[0], experiment, store[1])
+
+
+def test_log_lineage_parent_nested_runs_params_metrics_inputs(pipeline, store):
+    tracker = _tracker(store, "full")
+    result = T.log_lineage(tracker, T.collect_lineage(pipeline), progress=False)
+    assert result.status == "logged"
+    c = tracker.client
+    runs = c.search_runs([tracker.experiment_id], "tags.`selfilter.kind` = 'comparison'", max_results=1000)
+    assert len(runs) == N_COMPARED
+    assert {r.data.tags[T.PARENT_TAG] for r in runs} == {result.parent_run_id}
+    assert {(r.data.params["method"], r.data.params["budget"], r.data.params["seed"]) for r in runs} == {
+        (m, str(b), str(s)) for m in METHODS for b in BUDGETS for s in SEEDS}
+    run = next(r for r in runs if r.data.params["method"] == "random" and r.data.params["budget"] == "0.15"
+               and r.data.params["seed"] == "1")
+    assert set(run.data.metrics) == {"shapes_vqa/exact_match", "shapes_pope/f1/adversarial",
+                                     "shapes_count/acc", "overall", "train/loss", "train/epoch"}
+    assert run.info.status == "FINISHED"
+    hist = c.get_metric_history(run.info.run_id, "train/loss")
+    assert [(m.step, m.value) for m in hist] == [(0, 3.0), (1, 2.5), (2, 2.0)]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    from selfilter.io import file_digest
+    subset = pipeline / "selections/random/b0.15_s1/subset.json"
+    assert inputs["random_b0.15_s1"].dataset.digest == file_digest(subset)[:32]
+    assert inputs["random_b0.15_s1"].tags[0].value == "training"
+    assert json.loads(inputs["pool"].dataset.profile)["num_rows"] == 40
+    arts = {a.path for a in c.list_artifacts(run.info.run_id)} | {
+        a.path for d in ("eval", "selection") for a in c.list_artifacts(run.info.run_id, d)}
+    assert {"selected_uids.json", "eval/results.json", "selection/meta.json", "key_names.json"} <= arts
+
+    parent = c.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags[T.COMPLETE] == "true"
+    assert parent.data.tags[T.DIGEST] == result.pipeline_digest
+    assert "dvc.stage.stage1" in parent.data.tags and "git.commit" in parent.data.tags
+    assert {a.path for a in c.list_artifacts(result.parent_run_id, "pipeline")} >= {
+        "pipeline/metrics.json", "pipeline/comparison.md", "pipeline/params.yaml", "pipeline/dvc.lock", "pipeline/plots"}
+
+    s1 = c.search_runs([tracker.experiment_id], "tags.`selfilter.key` = 'stage/stage1'")[0]
+    assert s1.data.tags[T.PARENT_TAG] == result.parent_run_id
+    assert [m.value for m in c.get_metric_history(s1.info.run_id, "scores/loss")] == [2.0, 1.9, 1.8, 1.7, 1.6]
+    s1_arts = {a.path for d in ("plots", "stage1/scores") for a in c.list_artifacts(s1.info.run_id, d)}
+    assert {"plots/difficulty_scores.png", "stage1/scores/score_net.safetensors"} <= s1_arts
+
+
+def test_retracking_same_outputs_creates_no_duplicates(pipeline, store):
+    tracker = _tracker(store, "idem")
+    first = T.log_lineage(tracker, T.collect_lineage(pipeline), progress=False)
+    again = T.log_lineage(tracker, T.collect_lineage(pipeline), progress=False)
+    assert again.status == "already_tracked" and again.parent_run_id == first.parent_run_id
+    assert len(tracker.client.search_runs([tracker.experiment_id], "")) == 1 + len(first.created)
+
+
+def test_interrupted_tracking_resumes_without_duplicates(pipeline, store, monkeypatch):
+    tracker = _tracker(store, "resume")
+    lineage = T.collect_lineage(pipeline)
+    real_log, calls = T.Tracker.log, []
+
+    def failing_log(self, run_id, record):  # the store dies after the parent and 3 children
+        calls.append(record.key)
+        if len(calls) == 5:
+            raise ConnectionError("store went away")
+        return real_log(self, run_id, record)
+
+    monkeypatch.setattr(T.Tracker, "log", failing_log)
+    with pytest.raises(ConnectionError):
+        T.log_lineage(tracker, lineage, progress=False)
+    monkeypatch.setattr(T.Tracker, "log", real_log)
+    result = T.log_lineage(tracker, lineage, progress=False)
+    assert len(result.skipped) == 3 and len(result.created) == len(lineage.stages) + N_COMPARED - 3
+    active = tracker.client.search_runs([tracker.experiment_id], "")
+    assert len(active) == 1 + len(lineage.stages) + N_COMPARED  # the half-logged child was replaced
+    assert all(r.info.status == "FINISHED" for r in active)
+
+
+def test_pipeline_run_shares_its_parent_with_track(pipeline, store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
+    monkeypatch.delenv(T.PARENT_ENV, raising=False)
+    (pipeline / "params_flow.yaml").write_text("tracking: {experiment: flow}\n")
+    with T.pipeline_run(pipeline, "params_flow.yaml", run_name="prefect flow") as parent_id:
+        assert os.environ[T.PARENT_ENV] == parent_id  # what the track subprocess will read
+        tracker = _tracker(store, "flow")
+        result = T.log_lineage(tracker, T.collect_lineage(pipeline), parent_run_id=os.environ[T.PARENT_ENV],
+                               progress=False)
+        assert tracker.client.get_run(parent_id).info.status == "RUNNING"  # the flow closes it
+    assert T.PARENT_ENV not in os.environ
+    parent = tracker.client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags[T.DIGEST] == result.pipeline_digest
+    children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert len(children) == len(result.created) > N_COMPARED
+
+
+# ------------------------------------------------------------------ failure policy: fail first
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_http_store_fails_fast_before_any_work(tmp_path):
+    with pytest.raises(T.TrackingUnavailable, match=r"http://127\.0\.0\.1:\d+ is not usable"):
+        T.connect(f"http://127.0.0.1:{_closed_port()}", "x", timeout_s=2)
+
+
+def test_unwritable_sqlite_store_fails(tmp_path):
+    (tmp_path / "file").write_text("not a folder")  # root can write anywhere; a file can't hold a db
+    with pytest.raises(T.TrackingUnavailable, match="is not usable"):
+        T.connect(f"sqlite:///{tmp_path / 'file' / 'mlruns.db'}", "x")
+
+
+def test_credentials_are_redacted():
+    assert T.redact_uri("https://me:secret@host/x") == "https://***@host/x"
+    assert T.redact_uri("sqlite:////a/b.db") == "sqlite:////a/b.db"
+
+
+def test_uri_resolution_env_over_params_over_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert T.resolve_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
+    assert T.resolve_uri("http://h:5000", tmp_path) == "http://h:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert T.resolve_uri("http://h:5000", tmp_path) == "sqlite:///elsewhere.db"

@@ -201,7 +201,7 @@ class _NeighbourIndex:
 
             chunks = tqdm(chunks, desc="bf16 index", unit="chunk", mininterval=1.0)
         for s in chunks:
-            x = torch.from_numpy(np.asarray(features[s:s + _EXACT_CHUNK], dtype=np.float32))
+            x = torch.from_numpy(np.array(features[s:s + _EXACT_CHUNK], dtype=np.float32))  # a writable copy
             x = (x / safe[s:s + x.shape[0], None]).to(self.device)
             xb = x.to(torch.bfloat16)
             back = xb.float()

@@ -1,0 +1,60 @@
+"""Schema of the ``select`` section of params.yaml."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from selfilter.config import Section
+
+
+DEFAULT_METHODS = ["self_filter_scores", "self_filter_clip", "self_filter_nodiv", "random", "el2n",
+                   "alpagasus", "prototypicality", "full", "oracle_clean"]
+
+
+class SelectConfig(Section):
+    methods: list[str] = Field(default=DEFAULT_METHODS)  # what dvc.yaml's matrix runs
+    budgets: list[float] = Field(default=[0.05, 0.15, 0.30])  # fractions of the pool, in (0, 1]
+    seeds: list[int] = Field(default=[0, 1, 2, 3, 4])
+    k_nearest: int = Field(default=10, ge=0)  # Self-Filter diversity penalty: neighbours per pick
+    gamma: float = 1.0  # Self-Filter penalty strength
+    penalty: Literal["reference", "positive"] = "reference"
+    device: str = "cpu"  # torch device for Self-Filter's neighbour search
+    n_clusters: int = Field(default=100, ge=1)  # prototypicality: k-means clusters
+
+    @field_validator("budgets")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("at least one budget")
+        for b in v:
+            if not 0 < b <= 1:
+                raise ValueError(f"budget {b} is not a fraction in (0, 1]")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from selfilter.selection.registry import METHODS
+
+        unknown = [m for m in v if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("at least one seed")
+        return v
+
+
+def budget_count(fraction: float, n_pool: int) -> int:
+    """ARCHITECTURE.md: ``n = round(budget * N)``, at least 1 (and at most N)."""
+    return min(n_pool, max(1, int(round(fraction * n_pool))))
+
+
+def subset_dirname(budget: float, seed: int) -> str:
+    """Folder of one selection under ``selections/<method>/``: ``b0.15_s0``, ``b1.0_s3``."""
+    return f"b{float(budget)}_s{int(seed)}"

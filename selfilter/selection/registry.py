@@ -1,0 +1,164 @@
+"""Selection methods by name.
+
+A method is a function ``(inputs, budget_n, seed, options) -> Picked`` plus what it may read.
+``SelectionInputs`` loads each array only when a method asks for it and refuses inputs the
+method did not declare, so e.g. only the ``oracle_clean`` control can ever see the hidden labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from selfilter.selection import baselines
+from selfilter.selection.greedy import diverse_greedy
+
+# Input names a method may declare.
+DIFFICULTY_SCORES = "difficulty:scores"  # stage-1 difficulty, scores setting  [N] float
+DIFFICULTY_CLIP = "difficulty:clip"  # stage-1 difficulty, clip setting  [N] float
+FEATURES = "features"  # CLIP features [N, 2D] float32
+JUDGE = "judge"  # judge rating [N] float
+EL2N = "el2n"  # EL2N score [N] float
+CLEAN = "clean"  # hidden: is the record clean [N] bool (controls only)
+
+
+class InputNotAllowed(PermissionError):
+    """A method asked for an input it did not declare."""
+
+
+class SelectionInputs:
+    """Per-record arrays, row-aligned with records.jsonl, each loaded on first use.
+
+    ``loaders`` maps an input name to a zero-argument function returning the array; ``allowed``
+    limits what may be read (a method's declared needs). ``loaded`` records what was read.
+    """
+
+    def __init__(self, n_pool: int, loaders: dict[str, Callable[[], np.ndarray]],
+                 allowed: frozenset[str] | None = None):
+        self.n_pool = int(n_pool)
+        self._loaders = dict(loaders)
+        self._allowed = allowed
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def loaded(self) -> frozenset[str]:
+        return frozenset(self._cache)
+
+    def restricted(self, allowed: frozenset[str]) -> "SelectionInputs":
+        return SelectionInputs(self.n_pool, self._loaders, frozenset(allowed))
+
+    def get(self, name: str) -> np.ndarray:
+        if self._allowed is not None and name not in self._allowed:
+            raise InputNotAllowed(f"input '{name}' was not declared by this method "
+                                  f"(declared: {sorted(self._allowed)})")
+        if name not in self._cache:
+            if name not in self._loaders:
+                raise KeyError(f"input '{name}' is needed but was not provided")
+            arr = np.asarray(self._loaders[name]())
+            if arr.shape[0] != self.n_pool:
+                raise ValueError(f"input '{name}' has {arr.shape[0]} rows, the pool has {self.n_pool}")
+            self._cache[name] = arr
+        return self._cache[name]
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """Plain method options (built from the ``select`` params section by the stage)."""
+
+    k_nearest: int = 10
+    gamma: float = 1.0
+    penalty: str = "reference"
+    device: str = "cpu"
+    n_clusters: int = 100
+    show_progress: bool = False
+
+
+@dataclass(frozen=True)
+class Picked:
+    """Selected rows in rank/pick order, and the score each had when it was ranked/picked
+    (NaN for rules without a score)."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    needs: tuple[str, ...]
+    select: Callable[[SelectionInputs, int, int, SelectOptions], Picked]
+    description: str
+    deterministic: bool = False  # same subset for every seed
+    control: bool = False  # reads hidden labels: reported as a control, never as a method
+    budgets: tuple[float, ...] | None = None  # fixed budgets overriding params (full: 1.0)
+
+
+def _self_filter(difficulty_input: str, *, no_div: bool = False, easiest: bool = False):
+    def select(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOptions) -> Picked:
+        d = inputs.get(difficulty_input).astype(np.float64)
+        if easiest:
+            d = -d
+        features = None if no_div else inputs.get(FEATURES)
+        res = diverse_greedy(d, features, budget_n,
+                             k_nearest=0 if no_div else o.k_nearest, gamma=o.gamma,
+                             penalty=o.penalty, device=o.device, show_progress=o.show_progress)
+        return Picked(res.indices, res.scores)
+
+    return select
+
+
+def _unscored(indices: np.ndarray) -> Picked:
+    return Picked(indices, np.full(len(indices), np.nan))
+
+
+def _scored(scores: np.ndarray, budget_n: int, seed: int) -> Picked:
+    idx = baselines.top_k(scores, budget_n, seed)
+    return Picked(idx, np.asarray(scores, dtype=np.float64)[idx])
+
+
+def _prototypicality(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOptions) -> Picked:
+    return _scored(baselines.prototypicality_scores(inputs.get(FEATURES), o.n_clusters, seed),
+                   budget_n, seed)
+
+
+_SF = (FEATURES,)
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("self_filter_scores", (DIFFICULTY_SCORES, *_SF), _self_filter(DIFFICULTY_SCORES),
+           "Self-Filter, stage-1 scores setting; diversity penalty on CLIP features", deterministic=True),
+    Method("self_filter_clip", (DIFFICULTY_CLIP, *_SF), _self_filter(DIFFICULTY_CLIP),
+           "Self-Filter, stage-1 clip setting; diversity penalty on CLIP features", deterministic=True),
+    Method("self_filter_nodiv", (DIFFICULTY_CLIP,), _self_filter(DIFFICULTY_CLIP, no_div=True),
+           "ablation: clip-setting difficulty, no diversity penalty (k = 0: hardest first)",
+           deterministic=True),
+    Method("self_filter_easiest", (DIFFICULTY_CLIP, *_SF), _self_filter(DIFFICULTY_CLIP, easiest=True),
+           "ablation: clip-setting difficulty negated (easiest first), same penalty rule",
+           deterministic=True),
+    Method("random", (), lambda i, n, s, o: _unscored(baselines.random_select(i.n_pool, n, s)),
+           "uniform sample without replacement"),
+    Method("el2n", (EL2N,), lambda i, n, s, o: _scored(i.get(EL2N), n, s),
+           "highest EL2N (ties: seeded shuffle)"),
+    Method("alpagasus", (JUDGE,), lambda i, n, s, o: _scored(i.get(JUDGE), n, s),
+           "highest judge rating (ties: seeded shuffle)"),
+    Method("prototypicality", (FEATURES,), _prototypicality,
+           "k-means on CLIP features; farthest from the nearest centroid first"),
+    Method("full", (), lambda i, n, s, o: _unscored(baselines.full(i.n_pool)[:n]),
+           "the whole pool", deterministic=True, budgets=(1.0,)),
+    Method("oracle_clean", (CLEAN,),
+           lambda i, n, s, o: _unscored(baselines.oracle_clean(i.get(CLEAN), n, s)),
+           "CONTROL: random sample of records known clean from the hidden labels", control=True),
+]}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown selection method {name!r}; valid: {', '.join(METHODS)}") from None
+
+
+def run_method(name: str, inputs: SelectionInputs, budget_n: int, seed: int,
+               options: SelectOptions = SelectOptions()) -> Picked:
+    """Run a method by name, letting it read only the inputs it declares."""
+    method = get_method(name)
+    return method.select(inputs.restricted(frozenset(method.needs)), budget_n, seed, options)

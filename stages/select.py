@@ -1,0 +1,182 @@
+"""select stage: one selection method over every (budget, seed) of params.
+
+    python -m stages.select --params params.yaml --method NAME --records data/pool/records.jsonl \
+        [--features features/clip.npy] [--stage1 stage1] [--judge judge/ratings.parquet] \
+        [--el2n el2n/scores.parquet] [--hidden data/shapes/imperfections.jsonl] --out selections/NAME
+
+Reads only the inputs the method declares (the registry enforces it; only the ``oracle_clean``
+control reads the hidden labels). Writes, per budget fraction and seed, OUT/b{budget}_s{seed}/:
+``subset.json`` (the selected records exactly as read from records.jsonl, ``uid`` included, in
+pick/rank order: a LLaVA-format JSON array), ``trace.parquet`` (rank, uid, score at pick) and
+``meta.json`` (method, budget, seed, counts, wall_seconds of the selection, params, input digests).
+Deterministic methods (Self-Filter variants, full) are computed once per budget and written for
+every seed (``meta.json``: ``"deterministic": true``), so downstream stages see a full grid.
+``full`` runs only at budget 1.0 whatever ``select.budgets`` says.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from selfilter.config import ConfigError, load_section
+from selfilter.data.records import load_records
+from selfilter.io import file_digest, read_jsonl, write_json, write_parquet
+from selfilter.selection import registry as reg
+from selfilter.selection.config import SelectConfig, budget_count, subset_dirname
+
+STAGE1_SETTINGS = {reg.DIFFICULTY_SCORES: "scores", reg.DIFFICULTY_CLIP: "clip"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(reg.METHODS)}")
+    p.add_argument("--records", required=True, help="records.jsonl from ingest")
+    p.add_argument("--features", help="CLIP features clip.npy [N, 2D] (Self-Filter, prototypicality)")
+    p.add_argument("--stage1", help="stage1 folder holding <setting>/difficulty.parquet (Self-Filter)")
+    p.add_argument("--judge", help="judge ratings.parquet (alpagasus)")
+    p.add_argument("--el2n", help="el2n scores.parquet (el2n)")
+    p.add_argument("--hidden", help="imperfections.jsonl hidden labels (oracle_clean control only)")
+    p.add_argument("--out", required=True, help="output folder, selections/<method>")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _aligned(path: str, column: str, uids: np.ndarray) -> np.ndarray:
+    """``column`` of a uid-keyed parquet table, in records.jsonl row order."""
+    try:
+        df = pd.read_parquet(path, columns=["uid", column])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found") from None
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: needs columns 'uid' and '{column}' ({e})") from None
+    if df["uid"].duplicated().any():
+        raise ValueError(f"{path}: uid={int(df['uid'][df['uid'].duplicated()].iloc[0])} appears twice")
+    s = df.set_index("uid")[column]
+    missing = np.setdiff1d(uids, s.index.to_numpy())
+    if missing.size:
+        raise ValueError(f"{path}: no row for uid={int(missing[0])} ({missing.size} records missing)")
+    values = s.loc[uids].to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ValueError(f"{path}: '{column}' is not finite for uid={int(uids[bad[0]])}")
+    return values
+
+
+def _features(path: str, n: int) -> np.ndarray:
+    x = np.load(path, mmap_mode="r", allow_pickle=False)
+    if x.ndim != 2 or x.shape[0] != n:
+        raise ValueError(f"{path}: expected [{n}, F] rows aligned with records.jsonl, got {list(x.shape)}")
+    return x
+
+
+def _clean_mask(path: str, records: list[dict]) -> np.ndarray:
+    kinds: dict = {}
+    for row in read_jsonl(path):
+        kinds[row["id"]] = row["kind"]
+    mask = np.empty(len(records), dtype=bool)
+    for i, r in enumerate(records):
+        if r.get("id") not in kinds:
+            raise ValueError(f"{path}: no label for record uid={r['uid']} id={r.get('id')!r}")
+        mask[i] = kinds[r["id"]] == "clean"
+    return mask
+
+
+def build_inputs(args: argparse.Namespace, method: reg.Method, records: list[dict]) -> reg.SelectionInputs:
+    """Lazy loaders for exactly the inputs ``method`` declares; a missing path is a user error."""
+    uids = np.array([r["uid"] for r in records], dtype=np.int64)
+    n = len(records)
+    flag = {reg.FEATURES: "features", reg.JUDGE: "judge", reg.EL2N: "el2n", reg.CLEAN: "hidden",
+            reg.DIFFICULTY_SCORES: "stage1", reg.DIFFICULTY_CLIP: "stage1"}
+    loaders = {}
+    for need in method.needs:
+        path = getattr(args, flag[need])
+        if not path:
+            raise ValueError(f"method '{method.name}' needs --{flag[need]}")
+        if need == reg.FEATURES:
+            loaders[need] = lambda p=path: _features(p, n)
+        elif need in STAGE1_SETTINGS:
+            f = Path(path) / STAGE1_SETTINGS[need] / "difficulty.parquet"
+            loaders[need] = lambda p=f: _aligned(str(p), "difficulty", uids)
+        elif need == reg.JUDGE:
+            loaders[need] = lambda p=path: _aligned(p, "rating", uids)
+        elif need == reg.EL2N:
+            loaders[need] = lambda p=path: _aligned(p, "el2n", uids)
+        elif need == reg.CLEAN:
+            loaders[need] = lambda p=path: _clean_mask(p, records)
+    return reg.SelectionInputs(n, loaders)
+
+
+def input_paths(args: argparse.Namespace, method: reg.Method) -> dict[str, Path]:
+    paths = {"records": Path(args.records)}
+    for need in method.needs:
+        if need in STAGE1_SETTINGS:
+            paths[need] = Path(args.stage1) / STAGE1_SETTINGS[need] / "difficulty.parquet"
+        else:
+            paths[need] = Path(getattr(args, {reg.FEATURES: "features", reg.JUDGE: "judge",
+                                              reg.EL2N: "el2n", reg.CLEAN: "hidden"}[need]))
+    return paths
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_section("select", SelectConfig, args.params)
+    method = reg.get_method(args.method)
+    records = load_records(args.records)
+    inputs = build_inputs(args, method, records)
+    digests = {name: {"path": str(p), "sha256": file_digest(p)} for name, p in input_paths(args, method).items()}
+    options = reg.SelectOptions(k_nearest=cfg.k_nearest, gamma=cfg.gamma, penalty=cfg.penalty,
+                                device=cfg.device, n_clusters=cfg.n_clusters,
+                                show_progress=not args.no_progress)
+    out = Path(args.out)
+    budgets = method.budgets or tuple(cfg.budgets)
+    wanted = {subset_dirname(b, s) for b in budgets for s in cfg.seeds}
+    if out.is_dir():  # outputs of a previous grid must not linger next to this one
+        for old in out.glob("b*_s*"):
+            if old.is_dir() and old.name not in wanted:
+                shutil.rmtree(old)
+    for budget in budgets:
+        n_sel = budget_count(budget, len(records))
+        picked = None
+        for seed in cfg.seeds:
+            if picked is None or not method.deterministic:
+                t0 = time.perf_counter()
+                picked = reg.run_method(method.name, inputs, n_sel, seed, options)
+                wall = time.perf_counter() - t0
+            folder = out / subset_dirname(budget, seed)
+            idx = picked.indices
+            write_json(folder / "subset.json", [records[i] for i in idx], indent=None)
+            write_parquet(folder / "trace.parquet", pd.DataFrame({
+                "rank": np.arange(len(idx), dtype=np.int64),
+                "uid": np.array([records[i]["uid"] for i in idx], dtype=np.int64),
+                "score": picked.scores.astype(np.float64)}))
+            write_json(folder / "meta.json", {
+                "method": method.name, "budget": budget, "seed": seed, "n_pool": len(records),
+                "n_selected": int(len(idx)), "wall_seconds": round(wall, 4),
+                "deterministic": method.deterministic, "control": method.control,
+                "params": cfg.model_dump(mode="json"), "inputs": digests})
+            print(f"select: {method.name} budget={budget} seed={seed}: {len(idx)}/{len(records)} "
+                  f"records in {wall:.2f}s -> {folder}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, KeyError, FileNotFoundError, ConfigError, reg.InputNotAllowed) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"select: error: {msg}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m stages.select", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""Method registry: names, entitlements, and what each method reads."""
+import numpy as np
+import pytest
+
+from selfilter.selection import registry as reg
+
+N = 60
+
+
+def _inputs(calls):
+    rng = np.random.default_rng(0)
+    arrays = {reg.DIFFICULTY_SCORES: rng.normal(size=N), reg.DIFFICULTY_CLIP: rng.normal(size=N),
+              reg.FEATURES: rng.normal(size=(N, 8)).astype(np.float32),
+              reg.JUDGE: rng.integers(0, 11, N).astype(float), reg.EL2N: rng.random(N),
+              reg.CLEAN: rng.random(N) < 0.7}
+
+    def loader(name):
+        def load():
+            calls.append(name)
+            return arrays[name]
+        return load
+
+    return reg.SelectionInputs(N, {k: loader(k) for k in arrays}), arrays
+
+
+def test_unknown_method_lists_the_valid_names():
+    with pytest.raises(KeyError) as e:
+        reg.get_method("self_filterr")
+    for name in ["self_filter_scores", "random", "oracle_clean", "prototypicality"]:
+        assert name in str(e.value)
+
+
+def test_names_and_the_control_flag():
+    assert set(reg.METHODS) == {"self_filter_scores", "self_filter_clip", "self_filter_nodiv",
+                                "self_filter_easiest", "random", "el2n", "alpagasus",
+                                "prototypicality", "full", "oracle_clean"}
+    assert [m.name for m in reg.METHODS.values() if m.control] == ["oracle_clean"]
+    assert reg.METHODS["full"].budgets == (1.0,)
+
+
+@pytest.mark.parametrize("name", list(reg.METHODS))
+def test_each_method_reads_only_what_it_declares(name):
+    calls = []
+    inputs, _ = _inputs(calls)
+    n = N if name == "full" else 12
+    picked = reg.run_method(name, inputs, n, seed=0)
+    assert len(picked.indices) == n == len(set(picked.indices.tolist()))
+    assert set(calls) <= set(reg.METHODS[name].needs)
+    assert (reg.CLEAN in calls) == (name == "oracle_clean")  # only the control sees hidden labels
+
+
+def test_undeclared_input_is_refused():
+    inputs, _ = _inputs([])
+    with pytest.raises(reg.InputNotAllowed, match="clean"):
+        inputs.restricted(frozenset({reg.FEATURES})).get(reg.CLEAN)
+
+
+def test_self_filter_variants():
+    calls = []
+    inputs, arr = _inputs(calls)
+    nodiv = reg.run_method("self_filter_nodiv", inputs, 10, 0)
+    np.testing.assert_array_equal(nodiv.indices, np.argsort(-arr[reg.DIFFICULTY_CLIP], kind="stable")[:10])
+    easiest = reg.run_method("self_filter_easiest", inputs, 1, 0)
+    assert easiest.indices[0] == np.argmin(arr[reg.DIFFICULTY_CLIP])
+    a = reg.run_method("self_filter_scores", inputs, 10, 0)
+    np.testing.assert_array_equal(a.indices, reg.run_method("self_filter_scores", inputs, 10, 7).indices)
+    assert a.indices[0] == np.argmax(arr[reg.DIFFICULTY_SCORES])

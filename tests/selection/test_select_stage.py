@@ -1,0 +1,92 @@
+"""stages.select end to end on fake upstream outputs with the documented shapes."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import select as stage
+
+N = 40
+
+
+@pytest.fixture()
+def fake(tmp_path):
+    rng = np.random.default_rng(0)
+    records = [{"id": f"s{i:03d}", "image": f"images/{i}.png", "uid": i, "extra": {"é": [i]},
+                "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                  {"from": "gpt", "value": f"Answer {i} ✓"}]} for i in range(N)]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                                            encoding="utf-8")
+    np.save(tmp_path / "clip.npy", rng.normal(size=(N, 8)).astype(np.float32))
+    order = rng.permutation(N)  # tables are joined by uid, not by row order
+    for setting in ("scores", "clip"):
+        (tmp_path / "stage1" / setting).mkdir(parents=True)
+        pd.DataFrame({"uid": order, "difficulty": rng.normal(size=N)}).to_parquet(
+            tmp_path / "stage1" / setting / "difficulty.parquet")
+    pd.DataFrame({"uid": order, "rating": rng.integers(0, 11, N).astype(float), "parsed": True}).to_parquet(
+        tmp_path / "ratings.parquet")
+    pd.DataFrame({"uid": order, "el2n": rng.random(N)}).to_parquet(tmp_path / "el2n.parquet")
+    (tmp_path / "imperfections.jsonl").write_text("".join(
+        json.dumps({"id": f"s{i:03d}", "kind": "clean" if i % 3 else "wrong_answer"}) + "\n" for i in range(N)))
+    (tmp_path / "params.yaml").write_text("select:\n  budgets: [0.25, 0.5]\n  seeds: [0, 1]\n  n_clusters: 4\n")
+    return tmp_path, records
+
+
+def _run(tmp_path, method, **paths):
+    argv = ["--params", str(tmp_path / "params.yaml"), "--method", method,
+            "--records", str(tmp_path / "records.jsonl"), "--out", str(tmp_path / "sel" / method),
+            "--no-progress"]
+    for k, v in paths.items():
+        argv += [f"--{k}", str(v)]
+    return stage.main(argv)
+
+
+ALL = lambda t: {"features": t / "clip.npy", "stage1": t / "stage1", "judge": t / "ratings.parquet",  # noqa: E731
+                 "el2n": t / "el2n.parquet", "hidden": t / "imperfections.jsonl"}
+
+
+@pytest.mark.parametrize("method", ["self_filter_clip", "alpagasus", "random", "oracle_clean"])
+def test_outputs_for_every_budget_and_seed(fake, method):
+    tmp_path, records = fake
+    assert _run(tmp_path, method, **ALL(tmp_path)) == 0
+    for budget, n in ((0.25, 10), (0.5, 20)):
+        for seed in (0, 1):
+            folder = tmp_path / "sel" / method / f"b{budget}_s{seed}"
+            subset = json.loads((folder / "subset.json").read_text(encoding="utf-8"))
+            trace = pd.read_parquet(folder / "trace.parquet")
+            meta = json.loads((folder / "meta.json").read_text())
+            assert len(subset) == n and trace["rank"].tolist() == list(range(n))
+            assert [r["uid"] for r in subset] == trace["uid"].tolist()
+            assert all(r == records[r["uid"]] for r in subset)  # the input records, untouched
+            assert meta["method"] == method and meta["n_selected"] == n and meta["n_pool"] == N
+            assert meta["budget"] == budget and meta["seed"] == seed and meta["wall_seconds"] >= 0
+            assert meta["control"] == (method == "oracle_clean")
+    if method == "oracle_clean":
+        assert all(int(r["id"][1:]) % 3 for r in subset)  # only clean ones while there are enough
+
+
+def test_full_only_at_budget_one(fake):
+    tmp_path, records = fake
+    assert _run(tmp_path, "full") == 0
+    assert sorted(p.name for p in (tmp_path / "sel" / "full").iterdir()) == ["b1.0_s0", "b1.0_s1"]
+
+
+def test_self_filter_difficulty_is_joined_by_uid(fake):
+    tmp_path, _ = fake
+    assert _run(tmp_path, "self_filter_nodiv", stage1=tmp_path / "stage1") == 0
+    diff = pd.read_parquet(tmp_path / "stage1" / "clip" / "difficulty.parquet")
+    hardest = int(diff.sort_values("difficulty", ascending=False)["uid"].iloc[0])
+    trace = pd.read_parquet(tmp_path / "sel" / "self_filter_nodiv" / "b0.25_s0" / "trace.parquet")
+    assert trace["uid"].iloc[0] == hardest
+
+
+def test_user_errors_are_one_line(fake, capsys):
+    tmp_path, _ = fake
+    assert _run(tmp_path, "nope") == 1
+    assert "valid: self_filter_scores" in capsys.readouterr().err
+    assert _run(tmp_path, "el2n") == 1
+    assert "needs --el2n" in capsys.readouterr().err
+    pd.DataFrame({"uid": [0, 1], "el2n": [0.1, 0.2]}).to_parquet(tmp_path / "short.parquet")
+    assert _run(tmp_path, "el2n", el2n=tmp_path / "short.parquet") == 1
+    assert "uid=2" in capsys.readouterr().err

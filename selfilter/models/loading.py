@@ -187,3 +187,47 @@ def save_vlm(model: PreTrainedModel, processor, out_dir: str | Path) -> Path:
 
 def load_config(path: str | Path):
     return AutoConfig.from_pretrained(str(path))
+
+
+def load_pretrained_base(*, clip: str, model: str | None = None, language_model: str | None = None,
+                         projector: str | None = None, vision_feature_layer: int = -2,
+                         vision_feature_select_strategy: str = "default", dtype: str = "float32", seed: int = 0):
+    """Real checkpoints by path or hub name -> ``(clip, clip_processor, vlm, vlm_processor)``.
+
+    Either ``model`` (an existing llava-hf checkpoint, taken as is) or ``language_model``
+    (a causal LM; assembled with ``clip``'s vision half and a projector - fresh, or loaded from
+    ``projector``, a ``.safetensors``/``.bin`` of llava-hf or original LLaVA projector weights).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfilter.models.tokenizer import CHAT_TEMPLATE
+
+    clip_model, clip_processor = load_clip(clip, dtype)
+    if model is not None:
+        vlm, processor = load_vlm(model, dtype)
+        return clip_model, clip_processor, vlm, processor
+    if language_model is None:
+        raise ValueError("give pretrained.model or pretrained.language_model")
+    lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=resolve_dtype(dtype))
+    tokenizer = AutoTokenizer.from_pretrained(language_model)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHAT_TEMPLATE  # Vicuna v1, as LLaVA-1.5
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    state = _read_state(projector) if projector else None
+    vlm, processor = assemble_llava(
+        vision_only(clip_model), lm, {"tokenizer": tokenizer, "image_processor": clip_processor.image_processor},
+        vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=vision_feature_select_strategy,
+        projector_state=state, seed=seed)
+    return clip_model, clip_processor, vlm, processor
+
+
+def _read_state(path: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{path}: projector weights not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    return torch.load(p, map_location="cpu", weights_only=True)

@@ -1,0 +1,135 @@
+"""DVC stage ``base``: the starting models (CLIP + LLaVA), built here or loaded.
+
+    python -m stages.base --params params.yaml --data data/shapes \
+        --clip-out models/clip --out models/base --metrics metrics/base.json
+
+``base.source: tiny`` trains, on the shapes data, a tokenizer, a tiny CLIP (contrastive, on
+caption pairs), a tiny Llama (on the dataset's text) and LLaVA's projector (feature alignment on
+captions), then probes the result on held-out captions and ``--data/bench/vqa.jsonl``.
+``base.source: pretrained`` loads ``base.pretrained.*`` checkpoints (paths or hub names) and
+saves them to the same places; ``--data`` is then only used for the probe, when present.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from selfilter.config import ConfigError, load_section
+from selfilter.io import read_json, read_jsonl, write_json, write_sidecar
+from selfilter.models.config import BaseConfig
+
+
+def _probe_questions(data: Path, n: int) -> list[tuple]:
+    from selfilter.data.records import load_image
+
+    path = data / "bench" / "vqa.jsonl"
+    if n == 0 or not path.exists():
+        return []
+    rows = read_jsonl(path)[:n]
+    return [(load_image(path.parent, r["image"]), r["question"], r["answer"]) for r in rows]
+
+
+def _save_dir(out: Path, save) -> None:
+    """Save into a temp folder beside ``out``, then swap it in: never a half-written model."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True, help="shapes dataset folder (train.json, bench/)")
+    parser.add_argument("--clip-out", required=True, help="CLIPModel + CLIPProcessor folder")
+    parser.add_argument("--out", required=True, help="LLaVA model + processor folder")
+    parser.add_argument("--metrics", required=True, help="probe metrics and timings (JSON)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_section("base", BaseConfig, args.params)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    data, progress = Path(args.data), not args.no_progress
+
+    import torch
+
+    from selfilter.data.records import conversation_text
+    from selfilter.models.loading import load_pretrained_base, save_vlm
+    from selfilter.models.pretrain import build_tiny_base, probe_base
+
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    questions = _probe_questions(data, cfg.probe.n_questions)
+    inputs: dict[str, Path] = {}
+    if cfg.source == "tiny":
+        from selfilter.data.shapes import caption_pairs
+
+        train_json = data / "train.json"
+        if not train_json.exists():
+            print(f"error: {train_json}: not found (run the prepare stage first)", file=sys.stderr)
+            return 1
+        inputs["train"] = train_json
+        texts = [conversation_text(r["conversations"]) for r in read_json(train_json)]
+        n_pairs = max(cfg.clip.n_pairs, cfg.align.n_pairs)
+        pairs = caption_pairs(cfg.seed, n_pairs, cfg.clip.image_size)
+        # a different seed: scenes the models never saw
+        probe_pairs = caption_pairs(cfg.seed + 10_007, cfg.probe.n_pairs, cfg.clip.image_size)
+        built = build_tiny_base(pairs, texts, probe_pairs, questions, cfg, progress=progress)
+        clip, clip_processor, model, processor, metrics = (
+            built["clip"], built["clip_processor"], built["model"], built["processor"], built["metrics"])
+    else:
+        try:
+            clip, clip_processor, model, processor = load_pretrained_base(
+                clip=cfg.pretrained.clip, model=cfg.pretrained.model, language_model=cfg.pretrained.language_model,
+                projector=cfg.pretrained.projector, vision_feature_layer=cfg.pretrained.vision_feature_layer,
+                vision_feature_select_strategy=cfg.pretrained.vision_feature_select_strategy,
+                dtype=cfg.pretrained.dtype, seed=cfg.seed)
+        except (OSError, ValueError) as e:
+            print(f"error: {args.params}: base.pretrained: {e}", file=sys.stderr)
+            return 1
+        metrics = probe_base(clip, clip_processor, model, processor, [], questions, prompt=cfg.align.prompt,
+                             group=cfg.probe.retrieval_group, max_new_tokens=cfg.probe.max_new_tokens,
+                             device=cfg.device, progress=progress)
+    if questions:
+        inputs["bench_vqa"] = data / "bench" / "vqa.jsonl"
+
+    model.to("cpu")
+    clip.to("cpu")
+
+    def save_clip(d: Path) -> None:
+        clip.save_pretrained(d)
+        clip_processor.save_pretrained(d)
+        write_sidecar(d / "clip", params=cfg, inputs=inputs, source=cfg.source)
+
+    def save_base(d: Path) -> None:
+        save_vlm(model, processor, d)
+        write_sidecar(d / "base", params=cfg, inputs=inputs, source=cfg.source)
+
+    _save_dir(Path(args.clip_out), save_clip)
+    _save_dir(Path(args.out), save_base)
+    metrics["source"] = cfg.source
+    metrics.setdefault("time_s", {})["total_s"] = round(time.perf_counter() - start, 2)
+    metrics["time_s"]["cpu_s"] = round(time.process_time(), 2)
+    write_json(args.metrics, metrics)
+    summary = {k: v for k, v in metrics.items() if k in ("clip", "caption")}
+    vqa = metrics.get("vqa", {})
+    print(f"base: {cfg.source} -> {args.out}, {args.clip_out} ({metrics['time_s']['total_s']} s) {summary} "
+          f"vqa_em={vqa.get('exact_match')} (majority {vqa.get('majority_answer_baseline')})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

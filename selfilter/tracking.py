@@ -383,7 +383,8 @@ def _collect_stages(root: Path, params: dict[str, Any], lock: Mapping[str, Any],
         base = name.split("@")[0]
         if base != SELF_STAGE:
             groups.setdefault(base, []).append(name)
-    metrics_files = {p.stem: p for p in sorted((root / "metrics").glob("*.json")) if p.resolve() not in excluded}
+    metrics_files = {p.stem: p for p in sorted((root / "metrics").glob("*.json"))
+                     if p.resolve() not in excluded and not p.name.endswith(".meta.json")}  # sidecars aren't metrics
     names = list(groups) + [s for s in metrics_files if s not in groups]
     for extra, present in (("stage1", (root / "stage1").is_dir()), ("judge", (root / "judge").is_dir())):
         if present and extra not in names:

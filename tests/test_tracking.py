@@ -103,6 +103,15 @@ def test_collect_lineage_reads_every_contract(pipeline):
     assert lin.tags["git.commit"] == "unknown"  # tmp dir is not a git repo
 
 
+def test_track_output_and_sidecars_are_not_read_as_stage_metrics(tmp_path):
+    root = build_fake_pipeline(tmp_path / "p")
+    (root / "metrics/tracking.json").write_text('{"runs_created": 3}')
+    (root / "metrics/tracking.json.meta.json").write_text('{"n": 1}')
+    (root / "metrics/base.json.meta.json").write_text('{"n": 1}')
+    lin = T.collect_lineage(root, exclude=(root / "metrics/tracking.json",))
+    assert {r.name for r in lin.stages} == {"prepare", "stage1", "finetune", "compare", "base", "judge"}
+
+
 def test_collect_lineage_names_the_bad_record(tmp_path):
     root = build_fake_pipeline(tmp_path / "p")
     data = json.loads((root / "reports/metrics.json").read_text())
@@ -240,3 +249,10 @@ def test_uri_resolution_env_over_params_over_default(tmp_path, monkeypatch):
     assert T.resolve_uri("http://h:5000", tmp_path) == "http://h:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     assert T.resolve_uri("http://h:5000", tmp_path) == "sqlite:///elsewhere.db"
+
+
+def test_deleted_experiment_is_reported_not_silently_recreated(store):
+    tracker = _tracker(store, "gone")
+    tracker.client.delete_experiment(tracker.experiment_id)
+    with pytest.raises(T.TrackingUnavailable, match="'gone' .* is deleted"):
+        _tracker(store, "gone")

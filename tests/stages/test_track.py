@@ -72,3 +72,9 @@ def test_bad_params_key_is_named(tmp_path, capsys):
     root = build_fake_pipeline(tmp_path / "proj", tracking={"experimnt": "x"})
     assert track.main(_argv(root)) == 1
     assert "tracking.experimnt" in capsys.readouterr().err
+
+
+def test_parent_run_comes_from_the_flow_environment(monkeypatch):
+    monkeypatch.setenv("SELFILTER_MLFLOW_PARENT", "abc123")
+    assert track.parse_args([]).parent == "abc123"
+    assert track.parse_args(["--parent", "x"]).parent == "x"

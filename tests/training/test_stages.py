@@ -1,0 +1,119 @@
+"""The stage1 / finetune / el2n stages end to end on the tiny LLaVA and a 40-record pool."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from selfilter.io import read_json, write_jsonl
+
+SMALL = {"epochs": 1, "lr": 0.003, "batch_size": 8, "max_length": 64, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, pool):
+    root, records = pool
+    ws = tmp_path_factory.mktemp("ws")
+    write_jsonl(ws / "records.jsonl", records)
+    n = len(records)
+    rng = np.random.RandomState(0)
+    clip = rng.randn(n, 8).astype(np.float32)
+    (ws / "features").mkdir()
+    np.save(ws / "features" / "clip.npy", clip)
+    # stored in a different uid order than records.jsonl: readers must join by uid
+    order = rng.permutation(n)
+    pd.DataFrame({"uid": order, "clip_score": rng.rand(n), "has_image": True}).to_parquet(ws / "features" / "scores.parquet")
+    np.save(ws / "features" / "clip.npy", clip[order])
+    ratings = pd.DataFrame({"uid": np.arange(n), "rating": rng.randint(0, 11, n).astype(float), "parsed": True})
+    ratings.loc[3, "rating"] = np.nan  # unparsed -> mean
+    ratings.to_parquet(ws / "ratings.parquet")
+    params = {"stage1": {**SMALL, "checkpoint_every": 2}, "finetune": {**SMALL, "epochs": 2},
+              "el2n": {**{k: v for k, v in SMALL.items() if k != "epochs"}, "seeds": [0, 1], "train_epochs": 0.5}}
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    for budget, seed, uids in ((0.25, 0, range(10)), (0.5, 1, range(5, 25))):
+        d = ws / "selections" / f"b{budget}_s{seed}"
+        d.mkdir(parents=True)
+        (d / "subset.json").write_text(json.dumps([records[u] for u in uids]))
+    return ws, root
+
+
+@pytest.mark.parametrize("setting", ["scores", "clip"])
+def test_stage1_writes_difficulty_for_every_uid(workspace, tiny_llava_dir, setting, monkeypatch):
+    from stages.stage1 import main
+
+    ws, images = workspace
+    monkeypatch.chdir(ws)
+    out = ws / "stage1" / setting
+    assert main(["--params", "params.yaml", "--setting", setting, "--records", "records.jsonl", "--image-dir",
+                 str(images), "--model", str(tiny_llava_dir), "--features", "features", "--judge",
+                 "ratings.parquet", "--out", str(out), "--no-progress"]) == 0
+    table = pd.read_parquet(out / "difficulty.parquet")
+    assert table["uid"].tolist() == list(range(40))
+    np.testing.assert_allclose(table["difficulty"], -table["score_raw"])
+    curve = pd.read_csv(out / "loss.csv")
+    assert list(curve.columns) == ["step", "loss", "lr"] and curve["step"].tolist() == [1, 2, 3, 4, 5]
+    metrics = read_json(out / "metrics.json")
+    assert metrics["feature_dim"] == (2 if setting == "scores" else 8)
+    assert (out / "score_net.safetensors").is_file() and (out / "difficulty.parquet.meta.json").is_file()
+    assert not (ws / ".checkpoints" / "stage1" / setting).exists() and (ws / ".checkpoints").is_dir()
+
+
+def test_stage1_missing_uid_is_a_one_line_error(workspace, tiny_llava_dir, tmp_path, capsys):
+    from stages.stage1 import main
+
+    ws, images = workspace
+    feats = tmp_path / "features"
+    feats.mkdir()
+    pd.read_parquet(ws / "features" / "scores.parquet").iloc[1:].to_parquet(feats / "scores.parquet")
+    rc = main(["--params", str(ws / "params.yaml"), "--setting", "scores", "--records", str(ws / "records.jsonl"),
+               "--image-dir", str(images), "--model", str(tiny_llava_dir), "--features", str(feats),
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "scores.parquet: no row for uid" in err and "Traceback" not in err
+
+
+def test_finetune_runs_every_subset_saves_loadable_checkpoints_and_skips_done_runs(workspace, tiny_llava_dir):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from stages.finetune import main
+
+    ws, images = workspace
+    args = ["--params", str(ws / "params.yaml"), "--method", "toy", "--selections", str(ws / "selections"),
+            "--image-dir", str(images), "--model", str(tiny_llava_dir), "--out", str(ws / "runs"), "--no-progress"]
+    assert main(args) == 0
+    for name, n, steps in (("b0.25_s0", 10, 4), ("b0.5_s1", 20, 6)):  # equal epochs: ceil(n / 8) * 2
+        run = ws / "runs" / name
+        log = read_json(run / "train_log.json")
+        assert (log["n_samples"], log["steps"]) == (n, steps) and log["wall_s"] > 0
+        assert read_json(run / "done.json")["steps"] == steps and not (run / "checkpoint").exists()
+        AutoModelForImageTextToText.from_pretrained(run)
+        assert AutoProcessor.from_pretrained(run).tokenizer.chat_template
+    stamp = (ws / "runs" / "b0.25_s0" / "train_log.json").stat().st_mtime_ns
+    assert main(args) == 0  # same inputs: nothing retrained
+    assert (ws / "runs" / "b0.25_s0" / "train_log.json").stat().st_mtime_ns == stamp
+
+
+def test_recipe_steps_equal_steps_gives_every_budget_the_reference_steps():
+    from selfilter.training.finetune import recipe_steps
+
+    kw = dict(epochs=3, reference_budget=0.15, batch_size=32)
+    assert recipe_steps(200, 0.05, recipe="equal_epochs", **kw) == 21
+    assert recipe_steps(600, 0.15, recipe="equal_epochs", **kw) == 57
+    assert [recipe_steps(n, b, recipe="equal_steps", **kw) for n, b in ((200, 0.05), (600, 0.15), (1200, 0.3))] \
+        == [57, 57, 57]
+
+
+def test_el2n_scores_every_uid(workspace, tiny_llava_dir):
+    from stages.el2n import main
+
+    ws, images = workspace
+    out = ws / "el2n"
+    assert main(["--params", str(ws / "params.yaml"), "--records", str(ws / "records.jsonl"), "--image-dir",
+                 str(images), "--model", str(tiny_llava_dir), "--out", str(out), "--no-progress"]) == 0
+    table = pd.read_parquet(out / "scores.parquet")
+    assert table["uid"].tolist() == list(range(40))
+    assert table["el2n"].between(0, np.sqrt(2)).all()
+    np.testing.assert_allclose(table["el2n"], (table["el2n_seed0"] + table["el2n_seed1"]) / 2)

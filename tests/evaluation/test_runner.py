@@ -1,0 +1,64 @@
+"""Evaluating a method's checkpoints: discovery, parallel workers, the stage's outputs."""
+import json
+import shutil
+
+import pytest
+
+from selfilter.evaluation.runner import Job, find_checkpoints, run_jobs
+
+
+class EchoEvaluator:
+    """Stands in for LmmsEvaluator to test the process plumbing only (picklable, no lmms-eval)."""
+
+    def evaluate(self, checkpoint, output_dir):
+        import os
+
+        return {"pid": float(os.getpid()), "len": float(len(str(checkpoint)))}
+
+
+def test_find_checkpoints(tmp_path):
+    for name in ["b0.15_s1", "b0.15_s0"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    assert [p.name for p in find_checkpoints(tmp_path)] == ["b0.15_s0", "b0.15_s1"]
+    (tmp_path / "b0.3_s0").mkdir()
+    with pytest.raises(FileNotFoundError, match="b0.3_s0.*no config.json"):
+        find_checkpoints(tmp_path)
+    with pytest.raises(FileNotFoundError, match="runs folder not found"):
+        find_checkpoints(tmp_path / "missing")
+
+
+def test_run_jobs_in_two_processes_keeps_job_order(tmp_path):
+    jobs = [Job(f"r{i}", tmp_path / ("x" * i), tmp_path / f"o{i}") for i in range(4)]
+    out = run_jobs(jobs, EchoEvaluator, workers=2)
+    assert list(out) == ["r0", "r1", "r2", "r3"]
+    assert [m["len"] for m in out.values()] == [len(str(j.checkpoint)) for j in jobs]
+
+
+@pytest.mark.slow
+def test_evaluate_stage(bench_dir, tiny_llava_dir, tmp_path):
+    from stages.evaluate import main
+
+    runs = tmp_path / "runs" / "random"
+    shutil.copytree(tiny_llava_dir, runs / "b0.15_s0")
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  tasks: [shapes_vqa, shapes_count]\n  limit: 2\n  workers: 1\n")
+    out = tmp_path / "evals" / "random"
+    assert main(["--params", str(params), "--method", "random", "--runs", str(runs),
+                 "--bench", str(bench_dir), "--out", str(out)]) == 0
+    m = json.loads((out / "b0.15_s0" / "metrics.json").read_text())
+    assert set(m) >= {"shapes_vqa/exact_match", "shapes_count/exact_match"}
+    assert (out / "b0.15_s0" / "results.json").is_file()
+    assert (out / "b0.15_s0" / "metrics.json.meta.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["runs"]["b0.15_s0"] == m
+
+
+def test_evaluate_stage_user_errors_are_one_line(tmp_path, capsys):
+    from stages.evaluate import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  tasks: []\n")
+    assert main(["--params", str(params), "--method", "m", "--runs", str(tmp_path),
+                 "--bench", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "evaluate.tasks" in err and "Traceback" not in err

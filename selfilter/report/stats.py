@@ -1,0 +1,63 @@
+"""Seed statistics for the comparison: mean, sample std, t-based confidence interval, ranks.
+
+Pure functions over plain numbers. With a handful of seeds (5 by default) a normal-based
+interval would be far too narrow; the t distribution with n - 1 degrees of freedom is the
+textbook interval for a mean of n independent runs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from scipy import stats as _st
+
+
+def seed_stats(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """``mean``, ``std`` (sample, ddof=1), ``n``, ``half_width`` and ``ci_low``/``ci_high`` =
+    mean -+ t_{(1+confidence)/2, n-1} * std / sqrt(n). With one value the spread is unknown:
+    std and the interval are NaN (reported as "n/a"), never 0."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        raise ValueError("no values")
+    mean = math.fsum(vals) / n
+    if n == 1:
+        nan = float("nan")
+        return {"mean": mean, "std": nan, "n": 1, "half_width": nan, "ci_low": nan, "ci_high": nan}
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1))
+    half = float(_st.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "n": n, "half_width": half,
+            "ci_low": mean - half, "ci_high": mean + half}
+
+
+def relative_to(value: float, reference: float) -> float:
+    """``value`` as a percentage of ``reference`` (full-data performance = 100%)."""
+    if reference == 0 or not math.isfinite(reference):
+        return float("nan")
+    return 100.0 * value / reference
+
+
+def ranks(scores: Mapping[str, float], higher_is_better: bool = True) -> dict[str, int]:
+    """Competition ranks ("1224"): equal scores share the best rank; NaN scores rank last."""
+    def key(name):
+        s = scores[name]
+        if not math.isfinite(s):
+            return math.inf
+        return -s if higher_is_better else s
+
+    out: dict[str, int] = {}
+    ordered = sorted(scores, key=lambda n: (key(n), n))
+    for i, name in enumerate(ordered):
+        prev = ordered[i - 1] if i else None
+        out[name] = out[prev] if prev is not None and key(prev) == key(name) else i + 1
+    return out
+
+
+def separated(a: Mapping[str, float], b: Mapping[str, float], k: float = 2.0) -> tuple[bool, float, float]:
+    """Does ``a`` beat ``b`` by more than ``k`` seed standard deviations? Returns
+    (verdict, mean difference, threshold). The std is the larger of the two groups' (the
+    conservative reading of "more than twice the seed std"); NaN when either has one seed."""
+    diff = a["mean"] - b["mean"]
+    std = max(a["std"], b["std"])
+    threshold = k * std
+    return (bool(math.isfinite(threshold) and diff > threshold), diff, threshold)

@@ -1,0 +1,92 @@
+"""compare stage: the comparison report over every (method, budget, seed).
+
+    python -m stages.compare --params params.yaml --selections selections --runs runs \
+        --evals evals --hidden data/shapes/imperfections.jsonl --records data/pool/records.jsonl \
+        --bench data/shapes/bench [--judge-usage judge/usage.json] --out reports
+
+Writes ``reports/metrics.json`` (``{"runs": [...manifest...], "summary": {...}}``),
+``reports/calibration.json``, ``reports/comparison.md``, ``reports/plots/*.png`` and the DVC
+plots data ``reports/plots/score_vs_budget.csv``. The calibration checks of the embedded testbed
+are written into the report first; then, with ``compare.fail_on_calibration``, a failed check
+makes the stage exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from selfilter.config import ConfigError, load_section
+from selfilter.io import atomic_path, write_json, write_text
+from selfilter.report.config import CompareConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--selections", required=True, help="selections/: <method>/b<budget>_s<seed>/meta.json")
+    p.add_argument("--runs", required=True, help="runs/: fine-tuned checkpoints")
+    p.add_argument("--evals", required=True, help="evals/: <method>/<run>/metrics.json")
+    p.add_argument("--hidden", help="imperfections.jsonl hidden labels (shapes only)")
+    p.add_argument("--records", help="records.jsonl (joins hidden labels by id -> uid)")
+    p.add_argument("--bench", help="benchmark jsonl folder (most-common-answer baselines)")
+    p.add_argument("--judge-usage", default="judge/usage.json", help="judge usage counts (cost table)")
+    p.add_argument("--out", required=True, help="output folder, reports/")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from selfilter.report.compare import build_report
+    from selfilter.report.plots import plot_metric_bars, plot_score_vs_budget, score_vs_budget_rows
+
+    cfg = load_section("compare", CompareConfig, args.params)
+    out = Path(args.out)
+    plots = ["plots/score_vs_budget.png"]
+    report = build_report(Path(args.selections), Path(args.runs), Path(args.evals), cfg,
+                          hidden=Path(args.hidden) if args.hidden else None,
+                          records=Path(args.records) if args.records else None,
+                          bench=Path(args.bench) if args.bench else None,
+                          judge_usage=Path(args.judge_usage) if args.judge_usage else None)
+    summary = report.summary
+    budgets = sorted({b for g in summary["methods"].values() for b in g if float(b) < 1.0}, key=float)
+    primaries = [f"{t}/{m}" for t, m in cfg.primary_metrics.items()
+                 if any(f"{t}/{m}" in g["metrics"] for mg in summary["methods"].values() for g in mg.values())]
+    plot_score_vs_budget(summary, out / "plots" / "score_vs_budget.png", reference=cfg.reference_method)
+    for b in budgets:
+        name = f"plots/metrics_b{b}.png"
+        plot_metric_bars(summary, b, primaries + ["overall"], out / name)
+        plots.append(name)
+    with atomic_path(out / "plots" / "score_vs_budget.csv", suffix=".csv") as tmp:
+        pd.DataFrame(score_vs_budget_rows(summary)).to_csv(tmp, index=False)
+    markdown = report.markdown(plots)
+    # metrics.json and calibration.json are written whether or not calibration passes: a failed
+    # check must leave the evidence behind.
+    write_json(out / "metrics.json", report.metrics_json())
+    write_json(out / "calibration.json", {"calibrated": report.calibrated, "checks": report.checks})
+    write_text(out / "comparison.md", markdown + "\n")
+    print(f"compare: {len(report.runs)} runs, {len(summary['methods'])} methods -> {out}/comparison.md")
+    for b, w in summary["winners"].items():
+        print(f"compare: budget {b}: winner {w}")
+    failed = [c for c in report.checks if c["status"] == "fail"]
+    for c in failed:
+        print(f"compare: calibration FAILED: {c['name']}: {c['detail']}", file=sys.stderr)
+    return 1 if failed and cfg.fail_on_calibration else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, KeyError, FileNotFoundError, ConfigError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"compare: error: {msg}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m stages.compare", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -50,7 +50,7 @@ bench: $(STAMP)  ## speed/memory benchmarks (figures in benchmarks/README.md)
 	$(BIN)/python -m benchmarks.bench_select
 
 mlflow-ui: $(STAMP)  ## browse the runs at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --default-artifact-root ./mlartifacts --host 127.0.0.1
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --workers 1
 
 clean:  ## remove generated data, models and runs (keeps .venv)
 	rm -rf data models features judge stage1 el2n selections runs evals reports mlruns.db mlartifacts .prefect

@@ -462,8 +462,9 @@ def _stage_command(root: Path, stage: str) -> list[str]:
 
     from dvc.repo import Repo
 
+    # DVC resolves targets against the process's cwd, not the repo's: name dvc.yaml explicitly.
     with Repo(str(root)) as repo:
-        (found,) = repo.stage.collect(stage)
+        (found,) = repo.stage.collect(f"{root / 'dvc.yaml'}:{stage}")
         return shlex.split(found.cmd)
 
 

@@ -30,16 +30,31 @@ VENV_BIN = Path(sys.executable).parent
 # actually ran. `judge` fails while a file `judge.fail` holds a positive count, decrementing it:
 # a transient failure that a Prefect retry gets past.
 TOOL = '''
-import json, pathlib, sys, yaml
+import json, os, pathlib, sys, yaml
 stage, *rest = sys.argv[1:]
 p = yaml.safe_load(open("params.yaml"))
 with open("runs.log", "a") as f:
-    f.write(" ".join([stage, *rest]) + "\\n")
+    device = os.environ.get("CUDA_VISIBLE_DEVICES")
+    f.write(" ".join([stage, *rest] + ([f"device={device}"] if device else [])) + "\\n")
 if stage == "prepare":
     pathlib.Path("data").mkdir(exist_ok=True)
     pathlib.Path("data/pool.txt").write_text("x" * p["prepare"]["n"])
     pathlib.Path("data/records.jsonl").write_text("".join(
         json.dumps({"uid": i, "conversations": []}) + "\\n" for i in range(p["prepare"]["n"])))
+elif stage == "features":
+    # like stages.features: --shard-index/--num-shards compute a slice into --work-dir and
+    # exit; without them, compute what is missing and merge, in shard order
+    args = dict(zip(rest[::2], rest[1::2]))
+    work = pathlib.Path(args["--work-dir"])
+    work.mkdir(parents=True, exist_ok=True)
+    n = 4
+    if "--shard-index" in args:
+        for s in range(int(args["--shard-index"]), n, int(args["--num-shards"])):
+            (work / f"shard-{s}").write_text("precomputed")
+        sys.exit(0)
+    pathlib.Path("features").mkdir(exist_ok=True)
+    parts = [(work / f"shard-{s}").read_text() if (work / f"shard-{s}").exists() else "merge" for s in range(n)]
+    pathlib.Path("features/all.txt").write_text(" ".join(parts))
 elif stage == "judge":
     fail = pathlib.Path("judge.fail")
     if fail.exists() and int(fail.read_text()) > 0:
@@ -71,6 +86,10 @@ stages:
     deps: [tool.py]
     params: [prepare]
     outs: [data]
+  features:
+    cmd: python tool.py features --work-dir .cache/shards
+    deps: [tool.py, data]
+    outs: [features]
   judge:
     cmd: python tool.py judge
     deps: [tool.py, data]
@@ -138,7 +157,7 @@ def make_dvc_project(root: Path) -> Path:
     (root / "params.yaml").write_text(textwrap.dedent(PARAMS).lstrip())
     (root / "profiles").mkdir(exist_ok=True)
     (root / "profiles" / "tiny.yaml").write_text(textwrap.dedent(PROFILE).lstrip())
-    (root / ".gitignore").write_text("runs.log\njudge.fail\nmlruns.db\nmlartifacts/\n")
+    (root / ".gitignore").write_text("runs.log\njudge.fail\nmlruns.db\nmlartifacts/\n.cache/\n")
     _run(["git", "init", "-q"], root)
     _run(["git", "config", "user.email", "test@example.com"], root)
     _run(["git", "config", "user.name", "test"], root)

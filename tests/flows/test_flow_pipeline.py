@@ -91,8 +91,10 @@ def test_apply_profile_unknown_profile_lists_available(dvc_project: Path):
 def test_flow_runs_dvc_stages_in_order_and_dvc_decides_reruns(dvc_project: Path, stage_runs, monkeypatch):
     monkeypatch.setattr(pipeline, "TRANSIENT_RETRY_DELAYS_S", [0.0, 0.0])
     (dvc_project / "judge.fail").write_text("1")  # the judge endpoint fails once
-    result = pipeline.selfilter_pipeline(workdir=str(dvc_project))
-    assert result["stages"] == ["prepare", "judge", "select", "compare", "track"]
+    # features fan out over 2 mapped shard tasks pinned to "GPUs" 0 and 1; DVC's stage merges
+    result = pipeline.selfilter_pipeline(workdir=str(dvc_project), feature_shards=2, shard_devices=["0", "1"])
+    assert result["stages"] == ["prepare", "features", "judge", "select", "compare", "track"]
+    assert (dvc_project / "features" / "all.txt").read_text() == " ".join(["precomputed"] * 4)
     assert result["artifacts"] == ["selfilter-comparison", "selfilter-runs"]
     first = stage_runs(dvc_project)
     # MLflow: the flow's parent run, with the track stage's runs nested under it
@@ -102,16 +104,22 @@ def test_flow_runs_dvc_stages_in_order_and_dvc_decides_reruns(dvc_project: Path,
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {r.data.params.get("method") for r in children} >= {"random", "self_filter"}
     # judge ran twice (failed, retried by Prefect); everything else once, in pipeline order
-    assert first == ["prepare", "judge", "judge", "select random", "select self_filter", "compare"]
+    shards = sorted(first[1:3])
+    assert shards == ["features --work-dir .cache/shards --shard-index 0 --num-shards 2 device=0",
+                      "features --work-dir .cache/shards --shard-index 1 --num-shards 2 device=1"]
+    assert first[:1] + first[3:6] + first[8:] == ["prepare", "features --work-dir .cache/shards", "judge",
+                                                  "judge", "compare"]
+    assert sorted(first[6:8]) == ["select random", "select self_filter"]  # DVC's order within a foreach
 
-    pipeline.selfilter_pipeline(workdir=str(dvc_project))
-    assert stage_runs(dvc_project) == first  # up to date: DVC ran nothing
+    pipeline.selfilter_pipeline(workdir=str(dvc_project), feature_shards=2)
+    assert stage_runs(dvc_project) == first  # up to date: DVC ran nothing, no shard fanned out
 
     # A profile changes prepare.n and select.k: DVC reruns what depends on them, not judge's
     # params (judge reruns only because its dep `data` changed).
     result = pipeline.selfilter_pipeline(profile="tiny", targets=["prepare", "select"], workdir=str(dvc_project))
     assert result["params"]["profile"] == "profiles/tiny.yaml"
-    assert stage_runs(dvc_project)[len(first):] == ["prepare", "select random", "select self_filter"]
+    assert sorted(stage_runs(dvc_project)[len(first):]) == ["prepare", "select random", "select self_filter"]
+    assert (dvc_project / "params.yaml").read_text().startswith(GENERATED_MARKER)
     metrics = json.loads((dvc_project / "reports" / "metrics.json").read_text())
     assert {r["method"] for r in metrics["runs"]} == {"random", "self_filter"}
 

@@ -71,6 +71,29 @@ def find_problems(
     return problems
 
 
+def has_chat_template(checkpoint_dir) -> bool:
+    """Whether a saved checkpoint carries a chat template (file or tokenizer/processor config key).
+
+    Without one, lmms-eval's llava_hf silently prompts with its own Vicuna template - a prompt
+    format the fine-tuned model never saw, which would score it near zero without any error.
+    """
+    import json
+    from pathlib import Path
+
+    d = Path(checkpoint_dir)
+    if (d / "chat_template.jinja").is_file() or (d / "chat_template.json").is_file():
+        return True
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        f = d / name
+        if f.is_file():
+            try:
+                if json.loads(f.read_text(encoding="utf-8")).get("chat_template"):
+                    return True
+            except (ValueError, AttributeError):
+                continue
+    return False
+
+
 def check_run(results, samples, expected_counts, log_lines=(), where: str = "") -> None:
     """Raise :class:`EvaluationError` naming ``where`` and every problem, if there is any."""
     problems = find_problems(results, samples, expected_counts, log_lines)

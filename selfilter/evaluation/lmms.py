@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from selfilter.evaluation.guard import EvaluationError, check_run  # noqa: F401  (re-exported)
+from selfilter.evaluation.guard import EvaluationError, check_run, has_chat_template
 
 # lmms-eval's results keys look like "exact_match,none": metric, then the filter name. These
 # suffixes are its uncertainty estimates, not metrics.
@@ -152,6 +152,9 @@ class LmmsEvaluator:
         checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
         if not (checkpoint_dir / "config.json").is_file():
             raise FileNotFoundError(f"{checkpoint_dir}: not a Hugging Face checkpoint (no config.json)")
+        if not has_chat_template(checkpoint_dir):
+            raise EvaluationError(f"{checkpoint_dir}: no chat template saved with the processor; lmms-eval's "
+                                  "llava_hf would silently prompt with its Vicuna default instead")
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=".lmms-") as tmp, _captured_log() as log:
             tracker = EvaluationTracker(output_path=tmp)

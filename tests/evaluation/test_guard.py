@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from selfilter.evaluation.guard import EvaluationError, check_run, find_problems
+from selfilter.evaluation.guard import EvaluationError, check_run, find_problems, has_chat_template
 
 OK_RESULTS = {"results": {"t": {"exact_match,none": 0.5}}, "n-samples": {"t": {"original": 2, "effective": 2}}}
 OK_SAMPLES = {"t": [{"filtered_resps": ["red"]}, {"filtered_resps": [""]}]}
@@ -48,3 +48,20 @@ def test_real_swallowed_generate_error_fails(shapes_evaluator, tiny_llava_dir, t
         shapes_evaluator.evaluate(broken, tmp_path / "out")
     assert str(broken) in str(e.value)
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_checkpoint_without_chat_template_is_refused(shapes_evaluator, tiny_llava_dir, tmp_path):
+    assert has_chat_template(tiny_llava_dir)
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_llava_dir, bare)
+    for f in bare.glob("chat_template.*"):
+        f.unlink()
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        path = bare / name
+        if path.is_file():
+            cfg = json.loads(path.read_text())
+            cfg.pop("chat_template", None)
+            path.write_text(json.dumps(cfg))
+    assert not has_chat_template(bare)
+    with pytest.raises(EvaluationError, match="Vicuna"):
+        shapes_evaluator.evaluate(bare, tmp_path / "out")

@@ -476,7 +476,8 @@ def _params_markdown(applied: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.pipeline``: run the flow once, without a Prefect server."""
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=selfilter_pipeline.description)
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=selfilter_pipeline.description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default=None, help="profile name under profiles/, a path, or 'default'")
     parser.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
                         help="params override, e.g. -S select.budgets='[0.15]' (value parsed as YAML)")

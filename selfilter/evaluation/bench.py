@@ -62,12 +62,13 @@ def write_image_parquet(rows: list[dict[str, Any]], image_root: str | Path, path
 
     image_root = Path(image_root)
     columns = {k: [r[k] for r in rows] for k in rows[0]}
-    columns["image"] = [str(image_root / r["image"]) for r in rows]
-    ds = datasets.Dataset.from_dict(columns)
-    ds = ds.cast_column("image", datasets.Image())
+    # The bytes go into the file (a path alone would be resolved against lmms-eval's working
+    # directory); the relative path is kept for reference.
+    columns["image"] = [{"bytes": (image_root / r["image"]).read_bytes(), "path": r["image"]} for r in rows]
+    ds = datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
     path = Path(path)
     with atomic_path(path, suffix=".parquet") as tmp:
-        # to_parquet embeds the image bytes and records the Image feature in the schema metadata.
+        # to_parquet records the Image feature in the schema metadata, so load_dataset decodes it.
         ds.to_parquet(str(tmp))
     return path
 

@@ -54,3 +54,17 @@ def test_lmms_eval_builtin_pope_task_on_local_data(bench_parquet, tiny_llava_dir
 def test_unknown_task_lists_where_it_looked(tmp_path):
     with pytest.raises(ValueError, match="unknown lmms-eval task"):
         LmmsEvaluator(["no_such_task_xyz"], include_path=str(tmp_path))
+
+
+def test_bench_parquet_embeds_images_and_keeps_fields(bench_parquet, bench_dir, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.chdir(tmp_path)  # images must not be looked up relative to the working directory
+    ds = datasets.load_dataset("parquet", data_files={"test": str(bench_parquet["shapes_vqa"])},
+                               cache_dir=str(tmp_path / "hf"))["test"]
+    rows = [json.loads(line) for line in (bench_dir / "vqa.jsonl").read_text().splitlines()]
+    assert len(ds) == len(rows) and ds[0]["qtype"] == rows[0]["qtype"] and ds[0]["answer"] == rows[0]["answer"]
+    assert ds[0]["image"].size == (32, 32)
+    pope = datasets.load_dataset("parquet", data_files={"test": str(bench_parquet["pope"])},
+                                 cache_dir=str(tmp_path / "hf"))["test"]
+    assert set(pope.column_names) == {"question_id", "question", "answer", "image_source", "category", "image"}

@@ -7,8 +7,9 @@ lmms-eval's hub datasets have; a task then reads them with ``dataset_path: parqu
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from selfilter.io import atomic_path, read_jsonl
 

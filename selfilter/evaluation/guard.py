@@ -8,11 +8,12 @@ left behind - its log lines, results and per-sample logs - and list every proble
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 # lmms-eval's own messages for swallowed failures (models/*/llava_hf.py, evaluation_tracker.py).
 SWALLOWED_ERROR_PATTERNS = (
-    re.compile(r"Error .* in generating", re.S),
+    re.compile(r"Error .* in generating", re.DOTALL),
     re.compile(r"Could not save results"),
     re.compile(r"Error .* when loading video"),
 )

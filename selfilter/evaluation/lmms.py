@@ -25,8 +25,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from selfilter.evaluation.guard import EvaluationError, check_run, has_chat_template
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 ARTICLES = frozenset({"a", "an", "the"})
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"])}
 # Object vocabulary for CHAIR-style scoring, like CHAIR's fixed COCO object list. Shapes and
 # colours that a scene annotation names are always recognised too (see ``chair_item``).
 SHAPES = ("circle", "square", "triangle", "rectangle", "star", "diamond", "ellipse", "oval",

@@ -13,9 +13,10 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 

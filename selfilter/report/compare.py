@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from selfilter.evaluation.metrics import majority_baseline
 from selfilter.io import read_json, read_jsonl
@@ -265,9 +266,9 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
                 + (" - **the testbed is not calibrated; read the comparison with that in mind.**" if failed else "."), ""]
     out += ["## Recipe", "", f"- Fine-tuning recipe: **{recipe.get('recipe', 'unknown')}**"
             + (f" ({recipe['detail']})" if recipe.get("detail") else "") + ".",
-            f"- Scores: mean ± half-width of the {cfg.confidence:.0%} t-interval over seeds; "
+            (f"- Scores: mean ± half-width of the {cfg.confidence:.0%} t-interval over seeds; "
             f"overall = mean of each task's primary metric ({', '.join(primaries)}); "
-            f"relative to full = overall / {cfg.reference_method}'s overall.",
+            f"relative to full = overall / {cfg.reference_method}'s overall."),
             "- Controls (read the hidden imperfection labels) are shown for calibration and never ranked.", ""]
     head = ["method", "seeds", "overall", "% of full", "rank", *primaries, "imperfect share"]
     for b in budgets:
@@ -285,8 +286,8 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
         cb = _bkey(cfg.calibration_budget)
         shown = [m for m in methods if cb in methods[m]]
         out += ["## Question types vs their most-common-answer baseline", "",
-                f"Accuracy per question type; baseline = always giving the type's most common answer. "
-                f"Methods at {_budget_label(cb)} unless named full.", "",
+                (f"Accuracy per question type; baseline = always giving the type's most common answer. "
+                f"Methods at {_budget_label(cb)} unless named full."), "",
                 "| type | n | baseline (answer) | full | " + " | ".join(shown) + " |",
                 "|" + "---|" * (4 + len(shown))]
         full = next(iter(methods.get(cfg.reference_method, {}).values()), None)
@@ -296,9 +297,9 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
             cells += [_pm(methods[m][cb]["metrics"].get(info["metric"])) for m in shown]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    out += ["## Cost", "", "Selection wall time per subset (from selections/*/meta.json; deterministic methods "
+    out += ["## Cost", "", ("Selection wall time per subset (from selections/*/meta.json; deterministic methods "
             "are computed once per budget), judge usage (judge/usage.json, for methods that read the ratings), "
-            "fine-tuning wall time and steps per run (runs/*/train_log.json).", "",
+            "fine-tuning wall time and steps per run (runs/*/train_log.json)."), "",
             "| method | budget | selection s | judge requests | judge tokens | training s | steps |",
             "|---|---|---|---|---|---|---|"]
     for m in methods:

@@ -3,8 +3,9 @@ DVC plots data files. Functions take the summary from ``compare.summarize``."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from selfilter.io import atomic_path
 

@@ -7,7 +7,7 @@ textbook interval for a mean of n independent runs.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from scipy import stats as _st
 

@@ -1,6 +1,5 @@
 """Report fixtures."""
 import pytest
-
 from synthetic_grid import build_grid
 
 

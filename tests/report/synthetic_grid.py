@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+
 N_POOL = 20
 # method -> (control, budgets, base score); a run scores base + 0.01 * seed on every metric
 GRID = {

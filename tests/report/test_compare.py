@@ -3,8 +3,12 @@ import json
 
 import pytest
 
-from selfilter.report.compare import (MANIFEST_KEYS, build_report, calibration_checks, overall_score,
-                                      question_types, summarize)
+from selfilter.report.compare import (
+    MANIFEST_KEYS,
+    build_report,
+    overall_score,
+    question_types,
+)
 from selfilter.report.config import CompareConfig
 
 CFG = CompareConfig()
@@ -101,6 +105,7 @@ def test_missing_evaluation_names_the_file(grid):
 
 def test_compare_stage_writes_everything_then_fails_on_calibration(tmp_path):
     from synthetic_grid import GRID, build_grid
+
     from stages.compare import main
 
     grid = build_grid(tmp_path, grid={**GRID, "full": (False, (1.0,), 0.515)})

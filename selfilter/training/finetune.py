@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from selfilter.models.loading import trainable_parameters
-from selfilter.training.loop import (TrainResult, adamw, cosine_schedule, model_inputs, seed_everything,
-                                     steps_per_epoch, total_steps, train_steps)
+from selfilter.training.loop import (TrainResult, adamw, cosine_schedule, forget_prepared,
+                                     model_inputs, seed_everything, total_steps, train_steps)
 from selfilter.training.loss import mean_cross_entropy
 
 SUBSET_DIR = re.compile(r"^b(?P<budget>[0-9.eE+-]+)_s(?P<seed>-?\d+)$")
@@ -46,7 +46,7 @@ def finetune(model: nn.Module, dataset, pad_token_id: int, *, accelerator, num_s
              max_steps: int | None = None, progress: bool = True, desc: str = "finetune") -> TrainResult:
     """Fine-tune ``model`` in place on ``dataset`` for ``num_steps`` optimizer steps."""
     # the accelerator must track only this run's objects (its checkpoints save all it tracks)
-    accelerator.free_memory()
+    forget_prepared(accelerator)
     seed_everything(seed)
     params = trainable_parameters(model, freeze_vision=freeze_vision)
     optimizer = adamw(params, lr=lr, weight_decay=weight_decay, device=accelerator.device.type)
@@ -63,7 +63,7 @@ def finetune(model: nn.Module, dataset, pad_token_id: int, *, accelerator, num_s
                          grad_clip=grad_clip, checkpoint_dir=checkpoint_dir,
                          checkpoint_every=checkpoint_every, max_steps=max_steps, desc=desc, progress=progress)
     # drop the accelerator's references so many runs in one process do not pile up
-    accelerator.free_memory()
+    forget_prepared(accelerator)
     return result
 
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from selfilter.models.loading import trainable_parameters
-from selfilter.training.loop import (TrainResult, adamw, cosine_schedule, model_inputs, seed_everything,
-                                     total_steps, train_steps)
+from selfilter.training.loop import (TrainResult, adamw, cosine_schedule, forget_prepared,
+                                     model_inputs, seed_everything, total_steps, train_steps)
 from selfilter.training.loss import self_filter_loss
 from selfilter.training.scorenet import ScoreNet, clip_features, score_features
 
@@ -99,7 +99,7 @@ def cotrain(model: nn.Module, dataset, features: np.ndarray, pad_token_id: int, 
     if len(features) != len(dataset):
         raise ValueError(f"{len(features)} feature rows for {len(dataset)} samples")
     # the accelerator must track only this run's objects (its checkpoints save all it tracks)
-    accelerator.free_memory()
+    forget_prepared(accelerator)
     seed_everything(seed)
     score_net = ScoreNet(features.shape[1])
     vlm_params = trainable_parameters(model, freeze_vision=freeze_vision)

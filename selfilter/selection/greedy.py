@@ -34,6 +34,7 @@ the current picked set, which always certifies.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,9 +45,10 @@ PENALTIES = ("reference", "positive")
 # Unit roundoff of bfloat16 (8 significant bits) and of float32 accumulation.
 _U_BF16 = 2.0 ** -8
 _U_FP32 = 2.0 ** -24
+_U_OUT = _U_BF16 / (1 - _U_BF16) * (1 + 1e-6)  # bf16 output rounding, relative to the output
 # Slack for the fp32 normalisation of the shortlist copy against the float64 canonical value.
 _NORM_MARGIN = 1e-6
-_EXACT_CHUNK = 8192  # rows per chunk when scoring the whole pool exactly (bounded memory)
+_EXACT_CHUNK = 2048  # rows per chunk of whole-pool passes (bounded transient memory)
 
 
 @dataclass(frozen=True)
@@ -110,17 +112,26 @@ def row_norms(features: Any) -> np.ndarray:
 
 
 def exact_cosine(features: Any, norms: np.ndarray, rows: np.ndarray, q: int) -> np.ndarray:
-    """Canonical cosine of ``features[rows]`` to ``features[q]`` in float64.
+    """Canonical cosine of ``features[rows]`` to ``features[q]`` in float64."""
+    return exact_cosine_pairs(features, norms, rows, np.full(len(rows), q, dtype=np.int64))
+
+
+def exact_cosine_pairs(features: Any, norms: np.ndarray, rows: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """Canonical cosine of ``features[rows[i]]`` to ``features[qs[i]]`` for every i, float64.
 
     ``(x * y).sum(axis=1)`` reduces each row on its own, in the same order whatever the other
     rows are, so identical rows get identical values and the fast and reference paths agree.
     """
-    y = np.asarray(features[q], dtype=np.float64)
-    x = np.asarray(features[rows], dtype=np.float64)
-    dots = (x * y).sum(axis=1)
-    den = norms[rows] * norms[q]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, dots / np.where(den > 0, den, 1.0), 0.0)
+    out = np.empty(len(rows), dtype=np.float64)
+    for s in range(0, len(rows), _EXACT_CHUNK):
+        r, q = rows[s:s + _EXACT_CHUNK], qs[s:s + _EXACT_CHUNK]
+        x = np.asarray(features[r], dtype=np.float64)
+        y = np.asarray(features[q], dtype=np.float64)
+        dots = (x * y).sum(axis=1)
+        den = norms[r] * norms[q]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[s:s + len(r)] = np.where(den > 0, dots / np.where(den > 0, den, 1.0), 0.0)
+    return out
 
 
 def _progress(total: int, show: bool, desc: str):
@@ -194,15 +205,14 @@ class _NeighbourIndex:
         self.xq = torch.empty((n, f), dtype=torch.bfloat16, device=self.device)
         err = np.empty(n, dtype=np.float64)
         qnorm = np.empty(n, dtype=np.float64)
-        safe = torch.from_numpy(np.where(norms > 0, norms, 1.0).astype(np.float32))
+        self.safe_norms = np.where(norms > 0, norms, 1.0)
         chunks = range(0, n, _EXACT_CHUNK)
         if show_progress:
             from tqdm.auto import tqdm
 
             chunks = tqdm(chunks, desc="bf16 index", unit="chunk", mininterval=1.0)
         for s in chunks:
-            x = torch.from_numpy(np.array(features[s:s + _EXACT_CHUNK], dtype=np.float32))  # a writable copy
-            x = (x / safe[s:s + x.shape[0], None]).to(self.device)
+            x = self._normalised(slice(s, s + _EXACT_CHUNK))
             xb = x.to(torch.bfloat16)
             back = xb.float()
             # Quantisation error of each row, measured (not assumed); the fp32 evaluation of
@@ -210,6 +220,8 @@ class _NeighbourIndex:
             err[s:s + x.shape[0]] = torch.linalg.vector_norm(x - back, dim=1).cpu().numpy()
             qnorm[s:s + x.shape[0]] = torch.linalg.vector_norm(back, dim=1).cpu().numpy()
             self.xq[s:s + x.shape[0]] = xb
+        # Rows of picked samples are zeroed in ``xq`` (see ``compute``); True once done.
+        self.zeroed = np.zeros(n, dtype=bool)
         self.err = err * (1 + 1e-3)
         qnorm = qnorm * (1 + 1e-3)
         self.max_err = float(self.err.max()) if n else 0.0
@@ -224,59 +236,80 @@ class _NeighbourIndex:
 
     @staticmethod
     def _lower(a: np.ndarray, err: np.ndarray) -> np.ndarray:
-        """Lower bound of the canonical cosine behind a bf16 product ``a``: the bf16 output
-        adds a rounding error of at most u * |a| (2u here, for margin); monotone in ``a``."""
-        return a - (err + 2 * _U_BF16 * np.abs(a))
+        """Lower bound of the canonical cosine behind a bf16 product ``a``: rounding the fp32
+        accumulator s to bf16 errs by <= u|s| <= u/(1-u)|a|; monotone in ``a``."""
+        return a - (err + _U_OUT * np.abs(a))
 
-    def compute(self, queries: np.ndarray, picked: np.ndarray, k: int) -> dict[int, tuple]:
+    def _normalised(self, rows):
+        """Rows (an index array or a slice) as float32 divided by their float32-rounded float64
+        norms, on the device: elementwise within ~2 ulp of the exact x/|x|, far inside
+        ``_NORM_MARGIN`` after a dot product."""
+        torch = self.torch
+        x = torch.from_numpy(np.array(self.features[rows], dtype=np.float32))  # a writable copy
+        nrm = torch.from_numpy(self.safe_norms[rows].astype(np.float32))
+        return (x / nrm[:, None]).to(self.device)
+
+    def compute(self, queries: np.ndarray, picked: np.ndarray, k: int,
+                exact_exclusion: bool = False) -> dict[int, tuple]:
         """Shortlists for ``queries`` against the not-yet-``picked`` rows.
 
         Returns ``{q: (rows, sims, threshold)}``: ``rows``/``sims`` sorted by exact similarity
         descending (ties: lower index), and every unpicked row *not* in ``rows`` has an exact
         similarity strictly below ``threshold`` (-inf: the list is complete).
+
+        Picked rows are zeroed in the bf16 copy (cheap, once per pick) instead of being masked
+        in every product: their product is then 0, which can only make the threshold higher
+        than needed (a list that certifies less often), never wrong. ``exact_exclusion`` masks
+        them to -inf instead (used when a list must certify: the recompute path).
         """
         torch = self.torch
         want = k + self.slack
         b = len(queries)
-        qt = torch.from_numpy(queries).to(self.device)
+        # Query vectors before zeroing: the current pick is among the queries.
+        y = self.xq[torch.from_numpy(queries).to(self.device)]
+        lost = queries[self.zeroed[queries]]
+        if lost.size:  # a zeroed query (recompute of a picked sample): re-encode it
+            pos = torch.from_numpy(np.flatnonzero(self.zeroed[queries])).to(self.device)
+            y[pos] = self._normalised(lost).to(torch.bfloat16)
+        pending = np.flatnonzero(picked & ~self.zeroed)
+        if pending.size:
+            self.xq[torch.from_numpy(pending).to(self.device)] = 0
+            self.zeroed[pending] = True
         with _exact_bf16_reductions(torch, self.device):
-            a = self.xq[qt] @ self.xq.T  # [b, N] bf16: one row of similarities per query
-        picked_rows = np.flatnonzero(picked)
-        if picked_rows.size:
-            a.index_fill_(1, torch.from_numpy(picked_rows).to(self.device), float("-inf"))
-        v = self._kth_lower_bound(a, want)
-        if self.n - picked_rows.size < want:
+            a = y @ self.xq.T  # [b, N] bf16: one row of similarities per query
+        if exact_exclusion:
+            a.index_fill_(1, torch.from_numpy(np.flatnonzero(picked)).to(self.device), float("-inf"))
+        head, width = self._group_maxima(a, want)
+        v = head.float().topk(min(want, head.shape[1]), dim=1).values[:, -1].cpu().numpy().astype(np.float64)
+        if self.n - int(picked.sum()) < want:
             v[:] = -np.inf  # fewer candidates than asked for: keep everything unpicked
         err = self.query_err[queries]
         lower = self._lower(v, err)
-        # Smallest a whose upper bound reaches the threshold: a + err + 2u|a| >= T.
+        # Smallest a whose upper bound reaches the threshold: a + err + u'|a| >= T.
         gap = lower - err
         with np.errstate(invalid="ignore"):
-            cut = np.where(gap >= 0, gap / (1 + 2 * _U_BF16), gap / (1 - 2 * _U_BF16))
+            cut = np.where(gap >= 0, gap / (1 + _U_OUT), gap / (1 - _U_OUT))
         # Round the cut *down* to a bf16 value so the bf16 comparison never drops a candidate.
         cut_t = torch.from_numpy(cut.astype(np.float32))
         cut_b = cut_t.to(torch.bfloat16)
         cut_b = torch.where(cut_b.float() > cut_t,
                             torch.nextafter(cut_b, torch.full_like(cut_b, float("-inf"))), cut_b)
-        hit = a >= cut_b.to(self.device)[:, None]
-        cols_t, rows_t = torch.nonzero(hit, as_tuple=True)  # sorted by query, then row
-        rows = rows_t.cpu().numpy()
-        bounds = np.searchsorted(cols_t.cpu().numpy(), np.arange(b + 1))
-        out = {}
-        for j, q in enumerate(queries):
-            cand = rows[bounds[j]:bounds[j + 1]]
-            cand = cand[~picked[cand]]
-            sims = exact_cosine(self.features, self.norms, cand, int(q))
-            o = np.lexsort((cand, -sims))  # similarity descending, then index ascending
-            out[int(q)] = (cand[o], sims[o], float(lower[j]))
-        return out
+        rows, cols = self._candidates(a, head, width, cut_b.to(self.device))
+        keep = ~picked[rows]
+        rows, cols = rows[keep], cols[keep]
+        sims = exact_cosine_pairs(self.features, self.norms, rows, queries[cols])
+        order = np.lexsort((rows, -sims, cols))  # per query: similarity desc, then index asc
+        rows, cols, sims = rows[order], cols[order], sims[order]
+        bounds = np.searchsorted(cols, np.arange(b + 1))
+        return {int(q): (rows[bounds[j]:bounds[j + 1]], sims[bounds[j]:bounds[j + 1]], float(lower[j]))
+                for j, q in enumerate(queries)}
 
-    def _kth_lower_bound(self, a, m: int) -> np.ndarray:
-        """A value <= the m-th largest of each row, from one max-reduction pass.
+    def _group_maxima(self, a, m: int):
+        """Maxima of ``a``'s rows over G >= m contiguous groups (plus a remainder group).
 
-        Split each row into G >= m groups and take the m-th largest group maximum: m groups
-        have a maximum at least that large, so m distinct entries are. Much cheaper than topk
-        over N, and with many groups it is nearly the m-th largest itself.
+        The m-th largest group maximum is <= the m-th largest entry (m groups reach it, so m
+        distinct entries do); with many groups it is nearly that entry itself. One pass, far
+        cheaper than topk over N; the groups also localise the candidates (``_candidates``).
         """
         torch = self.torch
         b, n = a.shape
@@ -285,8 +318,30 @@ class _NeighbourIndex:
         head = a[:, :groups * width].reshape(b, groups, width).amax(dim=2)
         if groups * width < n:
             head = torch.cat([head, a[:, groups * width:].amax(dim=1, keepdim=True)], dim=1)
-        m = min(m, head.shape[1])
-        return head.float().topk(m, dim=1).values[:, -1].cpu().numpy().astype(np.float64)
+        return head, width
+
+    def _candidates(self, a, head, width: int, cut):
+        """(row, query) pairs with ``a >= cut[query]``, reading only groups whose max reaches it."""
+        torch = self.torch
+        b, n = a.shape
+        full = (n // width) * width
+        qi, gi = torch.nonzero(head >= cut[:, None], as_tuple=True)
+        tail = gi * width >= full  # the remainder group
+        rows, cols = [], []
+        if (~tail).any():
+            q, g = qi[~tail], gi[~tail]
+            block = a[:, :full].reshape(b, -1, width)[q, g]  # [P, width]
+            p, off = torch.nonzero(block >= cut[q][:, None], as_tuple=True)
+            rows.append(g[p] * width + off)
+            cols.append(q[p])
+        if tail.any():
+            q = qi[tail]
+            p, off = torch.nonzero(a[q, full:] >= cut[q][:, None], as_tuple=True)
+            rows.append(full + off)
+            cols.append(q[p])
+        if not rows:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        return torch.cat(rows).cpu().numpy(), torch.cat(cols).cpu().numpy()
 
 
 @contextlib.contextmanager
@@ -317,21 +372,24 @@ def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int =
     penalty: "reference" (exact reference behaviour) or "positive" (see the module docstring).
     device: torch device for the bf16 shortlisting ("cpu", "cuda", "cuda:1", ...).
     block_size: neighbour lists computed per matrix product (memory: N * block_size * 2 bytes).
-    slack: extra shortlist depth so cached lists survive later picks (default max(8, k)).
+    slack: extra shortlist depth so cached lists survive later picks (default max(4, k // 2)).
     """
     cur = check_inputs(difficulty, features, budget, k_nearest, gamma, penalty).copy()
     floor = 0.0 if penalty == "positive" else None
     n = cur.shape[0]
     k = int(k_nearest)
-    slack = max(8, k) if slack is None else int(slack)
+    slack = max(4, k // 2) if slack is None else int(slack)
     idx = np.empty(budget, dtype=np.int64)
     scores = np.empty(budget, dtype=np.float64)
     picked = np.zeros(n, dtype=bool)
     stats = {"implementation": "fast", "device": str(device), "blocks": 0, "lists": 0,
              "recomputed": 0, "lists_unused": 0}
     index = None
+    t0 = time.perf_counter()
     if k and budget:
         index = _NeighbourIndex(features, row_norms(features), device, slack, show_progress)
+    stats["seconds_index"] = time.perf_counter() - t0
+    seconds_lists = 0.0
     cache: dict[int, tuple] = {}
     # ``work`` mirrors ``cur`` with picked samples at -inf, so argmax only sees candidates.
     work = cur
@@ -345,14 +403,16 @@ def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int =
             if k:
                 entry = cache.pop(p, None)
                 if entry is None:
+                    t1 = time.perf_counter()
                     queries = _next_block(work, picked, cache, p, block_size)
                     cache.update(index.compute(queries, picked, k))
+                    seconds_lists += time.perf_counter() - t1
                     stats["blocks"] += 1
                     stats["lists"] += len(queries)
                     entry = cache.pop(p)
                 rows, sims = _take(entry, picked, k)
                 if rows is None:  # the cached list lost its certificate: redo it against now
-                    entry = index.compute(np.array([p], dtype=np.int64), picked, k)[p]
+                    entry = index.compute(np.array([p], dtype=np.int64), picked, k, exact_exclusion=True)[p]
                     stats["recomputed"] += 1
                     rows, sims = _take(entry, picked, k)
                     assert rows is not None, "a fresh neighbour list must certify"
@@ -362,6 +422,8 @@ def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int =
             if bar is not None:
                 bar.update(1)
     stats["lists_unused"] = len(cache)
+    stats["seconds_lists"] = seconds_lists
+    stats["seconds_total"] = time.perf_counter() - t0
     return GreedyResult(idx, scores, stats)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -191,9 +190,3 @@ def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, tasks: Sequence[str],
     return LmmsEvaluator(tasks, include_path, data_files=data_files, limit=limit,
                          device=device).evaluate(checkpoint_dir, output_dir)
 
-
-def remove_stale(output_dir: str | os.PathLike) -> None:
-    """Delete a previous run's files so a failed evaluation cannot leave old results behind."""
-    output_dir = Path(output_dir)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)

@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
                 "score": picked.scores.astype(np.float64)}))
             write_json(folder / "meta.json", {
                 "method": method.name, "budget": budget, "seed": seed, "n_pool": len(records),
-                "n_selected": int(len(idx)), "wall_seconds": round(wall, 4),
+                "n_selected": len(idx), "wall_seconds": round(wall, 4),
                 "deterministic": method.deterministic, "control": method.control,
                 "params": cfg.model_dump(mode="json"), "inputs": digests})
             print(f"select: {method.name} budget={budget} seed={seed}: {len(idx)}/{len(records)} "

@@ -7,7 +7,6 @@ from pydantic import Field, field_validator
 
 from selfilter.config import Section
 
-
 DEFAULT_METHODS = ["self_filter_scores", "self_filter_clip", "self_filter_nodiv", "random", "el2n",
                    "alpagasus", "prototypicality", "full", "oracle_clean"]
 
@@ -52,7 +51,7 @@ class SelectConfig(Section):
 
 def budget_count(fraction: float, n_pool: int) -> int:
     """ARCHITECTURE.md: ``n = round(budget * N)``, at least 1 (and at most N)."""
-    return min(n_pool, max(1, int(round(fraction * n_pool))))
+    return min(n_pool, max(1, round(fraction * n_pool)))
 
 
 def subset_dirname(budget: float, seed: int) -> str:

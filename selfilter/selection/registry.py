@@ -6,8 +6,8 @@ method did not declare, so e.g. only the ``oracle_clean`` control can ever see t
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class SelectionInputs:
     def loaded(self) -> frozenset[str]:
         return frozenset(self._cache)
 
-    def restricted(self, allowed: frozenset[str]) -> "SelectionInputs":
+    def restricted(self, allowed: frozenset[str]) -> SelectionInputs:
         return SelectionInputs(self.n_pool, self._loaders, frozenset(allowed))
 
     def get(self, name: str) -> np.ndarray:

@@ -42,7 +42,7 @@ def _run(tmp_path, method, **paths):
     return stage.main(argv)
 
 
-ALL = lambda t: {"features": t / "clip.npy", "stage1": t / "stage1", "judge": t / "ratings.parquet",  # noqa: E731
+ALL = lambda t: {"features": t / "clip.npy", "stage1": t / "stage1", "judge": t / "ratings.parquet",
                  "el2n": t / "el2n.parquet", "hidden": t / "imperfections.jsonl"}
 
 
@@ -67,7 +67,7 @@ def test_outputs_for_every_budget_and_seed(fake, method):
 
 
 def test_full_only_at_budget_one(fake):
-    tmp_path, records = fake
+    tmp_path, _records = fake
     assert _run(tmp_path, "full") == 0
     assert sorted(p.name for p in (tmp_path / "sel" / "full").iterdir()) == ["b1.0_s0", "b1.0_s1"]
 

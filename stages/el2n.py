@@ -63,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
                                  weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
                                  batch_size=cfg.batch_size, grad_clip=cfg.grad_clip, freeze_vision=cfg.freeze_vision,
                                  score_batch_size=cfg.score_batch_size, chunk_tokens=cfg.chunk_tokens,
+                                 group_by_length=cfg.group_by_length,
                                  progress=not args.no_progress)
     if accelerator.is_main_process:
         table = pd.DataFrame({"uid": np.array([r["uid"] for r in records], dtype=np.int64), "el2n": mean})

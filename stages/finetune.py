@@ -119,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
                           weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size,
                           grad_clip=cfg.grad_clip, freeze_vision=cfg.freeze_vision, seed=seed,
                           checkpoint_dir=run_dir, checkpoint_every=cfg.checkpoint_every, max_steps=cfg.max_steps,
+                          group_by_length=cfg.group_by_length,
                           progress=not args.no_progress, desc=f"{args.method}/{spec.name}")
         if not result.finished:
             log.info("%s/%s: stopped at step %d of %d (max_steps); checkpoint kept", args.method, spec.name,

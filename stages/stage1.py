@@ -75,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
                      warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size, grad_clip=cfg.grad_clip,
                      freeze_vision=cfg.freeze_vision, seed=cfg.seed, checkpoint_dir=ckpt_dir,
                      checkpoint_every=cfg.checkpoint_every, max_steps=cfg.max_steps,
-                     score_batch_size=cfg.score_batch_size, progress=not args.no_progress)
+                     score_batch_size=cfg.score_batch_size, group_by_length=cfg.group_by_length,
+                     progress=not args.no_progress)
     if not result.train.finished:
         log.info("stopped at step %d of %d (max_steps); checkpoint kept in %s, no outputs written",
                  result.train.step, result.train.num_steps, ckpt_dir)

@@ -29,6 +29,7 @@ class OptimSection(Section):
     freeze_vision: bool = True                        # LLaVA recipe: vision tower frozen
     checkpoint_every: int = Field(500, ge=1)          # optimizer steps between resumable checkpoints
     max_steps: int | None = Field(None, ge=1)         # stop after this many steps (smoke / resume tests)
+    group_by_length: bool = False                     # batch similar lengths together (less padding)
 
 
 class Stage1Config(OptimSection):
@@ -37,6 +38,9 @@ class Stage1Config(OptimSection):
     score_net_lr: float | None = Field(None, gt=0)    # null = same as lr (the reference)
     seed: int = 0
     score_batch_size: int = Field(256, ge=1)          # for the final no-grad scoring pass
+    # Off by default: the score softmax compares the samples of a batch, and length-grouped
+    # batches would make it compare samples of similar length only (not the reference).
+    group_by_length: bool = False
 
     @field_validator("settings")
     @classmethod
@@ -51,6 +55,7 @@ class FinetuneConfig(OptimSection):
     epochs: float = Field(3.0, gt=0)                  # equal_epochs: on every subset
     reference_budget: float = Field(0.15, gt=0, le=1)  # equal_steps: every subset gets this budget's steps
     seed_offset: int = 0                              # training seed = selection seed + offset
+    group_by_length: bool = True                      # LLaVA-style length grouping: less padding, faster
 
 
 class EL2NConfig(OptimSection):
@@ -58,3 +63,4 @@ class EL2NConfig(OptimSection):
     train_epochs: float = Field(1.0, gt=0)            # "early in training" (Paul et al. 2021)
     score_batch_size: int = Field(128, ge=1)
     chunk_tokens: int = Field(1024, ge=1)             # supervised tokens per softmax chunk
+    group_by_length: bool = True

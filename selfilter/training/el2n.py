@@ -39,7 +39,7 @@ def el2n_scores(load_model: Callable[[], nn.Module], dataset, pad_token_id: int,
                 seeds: list[int], train_epochs: float, lr: float, weight_decay: float = 0.0,
                 warmup_ratio: float = 0.03, batch_size: int = 16, grad_clip: float | None = 1.0,
                 freeze_vision: bool = True, score_batch_size: int = 128, chunk_tokens: int = 1024,
-                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                group_by_length: bool = False, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(mean over seeds [N], per seed [S, N])`` EL2N for every item of ``dataset``.
 
     ``load_model()`` returns a fresh base model for each seed. Under several processes each
@@ -54,7 +54,8 @@ def el2n_scores(load_model: Callable[[], nn.Module], dataset, pad_token_id: int,
         steps = total_steps(n, batch_size, train_epochs, world)
         finetune(model, dataset, pad_token_id, accelerator=accelerator, num_steps=steps, lr=lr,
                  weight_decay=weight_decay, warmup_ratio=warmup_ratio, batch_size=batch_size,
-                 grad_clip=grad_clip, freeze_vision=freeze_vision, seed=seed, progress=progress,
+                 grad_clip=grad_clip, freeze_vision=freeze_vision, seed=seed, group_by_length=group_by_length,
+                 progress=progress,
                  desc=f"el2n train seed {seed}")
         mine = list(range(rank, n, world))
         scores = score_el2n(model, dataset, pad_token_id, device=accelerator.device, batch_size=score_batch_size,

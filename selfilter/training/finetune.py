@@ -43,7 +43,8 @@ def finetune(model: nn.Module, dataset, pad_token_id: int, *, accelerator, num_s
              weight_decay: float = 0.0, warmup_ratio: float = 0.03, batch_size: int = 16,
              grad_clip: float | None = 1.0, freeze_vision: bool = True, seed: int = 0,
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 500,
-             max_steps: int | None = None, progress: bool = True, desc: str = "finetune") -> TrainResult:
+             max_steps: int | None = None, group_by_length: bool = False, progress: bool = True,
+             desc: str = "finetune") -> TrainResult:
     """Fine-tune ``model`` in place on ``dataset`` for ``num_steps`` optimizer steps."""
     # the accelerator must track only this run's objects (its checkpoints save all it tracks)
     forget_prepared(accelerator)
@@ -61,7 +62,8 @@ def finetune(model: nn.Module, dataset, pad_token_id: int, *, accelerator, num_s
     result = train_steps(accelerator, module, optimizer, scheduler, dataset, pad_token_id,
                          batch_size=batch_size, num_steps=num_steps, seed=seed, loss_fn=loss_fn,
                          grad_clip=grad_clip, checkpoint_dir=checkpoint_dir,
-                         checkpoint_every=checkpoint_every, max_steps=max_steps, desc=desc, progress=progress)
+                         checkpoint_every=checkpoint_every, max_steps=max_steps, group_by_length=group_by_length,
+                         desc=desc, progress=progress)
     # drop the accelerator's references so many runs in one process do not pile up
     forget_prepared(accelerator)
     return result

@@ -82,14 +82,27 @@ def total_steps(n: int, batch_size: int, epochs: float, world: int = 1) -> int:
     return max(1, math.ceil(epochs * steps_per_epoch(n, batch_size, world)))
 
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1,
+                  lengths: Sequence[int] | None = None, group_size: int = 16) -> list[list[int]]:
     """This rank's batches (dataset positions) for one epoch: a seeded shuffle, cut into global
     batches of ``batch_size * world``; with several ranks the order wraps around so every rank
-    gets a batch at every step (as DistributedSampler pads)."""
+    gets a batch at every step (as DistributedSampler pads).
+
+    With ``lengths``, batches are grouped by length (LLaVA's / HF's length-grouped sampling):
+    the shuffled order is cut into mega-batches of ``group_size`` global batches, each sorted by
+    length, so a batch pads to a similar length (less wasted compute); the batches themselves
+    are then shuffled. Still a pure function of (seed, epoch).
+    """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=g).tolist()
     per_step = batch_size * world
     n_steps = steps_per_epoch(n, batch_size, world)
+    if lengths is not None:
+        mega = per_step * group_size
+        order = [i for k in range(0, n, mega) for i in sorted(order[k:k + mega], key=lambda j: -lengths[j])]
+        full = [order[k:k + per_step] for k in range(0, n, per_step)]
+        short = full.pop() if len(full[-1]) < per_step else []  # a short batch stays last
+        order = [i for b in torch.randperm(len(full), generator=g).tolist() for i in full[b]] + short
     if world > 1:
         order = (order * math.ceil(n_steps * per_step / n))[: n_steps * per_step]
     out = []
@@ -153,7 +166,7 @@ def train_steps(accelerator, module: nn.Module, optimizer: torch.optim.Optimizer
                 dataset, pad_token_id: int, *, batch_size: int, num_steps: int, seed: int,
                 loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
                 grad_clip: float | None = 1.0, checkpoint_dir: str | Path | None = None,
-                checkpoint_every: int = 500, max_steps: int | None = None,
+                checkpoint_every: int = 500, max_steps: int | None = None, group_by_length: bool = False,
                 desc: str = "train", progress: bool = True) -> TrainResult:
     """Run optimizer steps ``[resume step, num_steps)`` (stopping early at ``max_steps``).
 
@@ -161,7 +174,8 @@ def train_steps(accelerator, module: nn.Module, optimizer: torch.optim.Optimizer
     accelerate-wrapped scheduler steps once per process). ``loss_fn(module, batch)`` returns the
     scalar loss of a collated batch (on CPU; it moves what it needs). With ``checkpoint_dir``
     the run resumes from the checkpoint found there and saves one every ``checkpoint_every``
-    steps and when it stops.
+    steps and when it stops. ``group_by_length`` batches samples of similar length together
+    (needs ``dataset.num_tokens()``).
     """
     import time
 
@@ -169,6 +183,7 @@ def train_steps(accelerator, module: nn.Module, optimizer: torch.optim.Optimizer
     rank, world = accelerator.process_index, accelerator.num_processes
     n = len(dataset)
     spe = steps_per_epoch(n, batch_size, world)
+    lengths = dataset.num_tokens() if group_by_length else None
     ckpt = Path(checkpoint_dir) / CHECKPOINT_DIR if checkpoint_dir is not None else None
     result = TrainResult(step=0, num_steps=num_steps)
     if ckpt is not None:
@@ -192,7 +207,8 @@ def train_steps(accelerator, module: nn.Module, optimizer: torch.optim.Optimizer
     while result.step < stop:
         epoch, pos = divmod(result.step, spe)
         if epoch != cached_epoch:
-            batches, cached_epoch = epoch_batches(n, batch_size, epoch, seed, rank, world), epoch
+            batches = epoch_batches(n, batch_size, epoch, seed, rank, world, lengths=lengths)
+            cached_epoch = epoch
         batch = collate([dataset[i] for i in batches[pos]], pad_token_id)
         loss = loss_fn(module, batch)
         accelerator.backward(loss)

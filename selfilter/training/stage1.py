@@ -93,7 +93,7 @@ def cotrain(model: nn.Module, dataset, features: np.ndarray, pad_token_id: int, 
             warmup_ratio: float = 0.03, batch_size: int = 16, grad_clip: float | None = 1.0,
             freeze_vision: bool = True, seed: int = 0, checkpoint_dir: str | Path | None = None,
             checkpoint_every: int = 500, max_steps: int | None = None, score_batch_size: int = 256,
-            progress: bool = True) -> Stage1Output:
+            group_by_length: bool = False, progress: bool = True) -> Stage1Output:
     """Co-train ``model`` and a fresh score net on ``dataset`` (row ``i`` of ``features`` belongs
     to item ``i``); return the score net's raw output for every item after training."""
     if len(features) != len(dataset):
@@ -121,7 +121,8 @@ def cotrain(model: nn.Module, dataset, features: np.ndarray, pad_token_id: int, 
     result = train_steps(accelerator, module, optimizer, scheduler, dataset, pad_token_id,
                          batch_size=batch_size, num_steps=num_steps, seed=seed, loss_fn=loss_fn,
                          grad_clip=grad_clip, checkpoint_dir=checkpoint_dir,
-                         checkpoint_every=checkpoint_every, max_steps=max_steps, desc="stage1",
+                         checkpoint_every=checkpoint_every, max_steps=max_steps, group_by_length=group_by_length,
+                         desc="stage1",
                          progress=progress)
     net = accelerator.unwrap_model(module).score_net
     raw = score_all(net, feats, score_batch_size, accelerator.device)

@@ -56,3 +56,14 @@ def test_epoch_batches_cover_the_pool_once_and_split_across_ranks():
     r0, r1 = (epoch_batches(10, 3, epoch=0, seed=1, rank=r, world=2) for r in (0, 1))
     assert len(r0) == len(r1) == 2 and all(len(b) == 3 for b in r0 + r1)
     assert set(i for b in r0 + r1 for i in b) == set(range(10))
+
+
+def test_length_grouped_batches_cover_the_pool_and_pad_less():
+    lengths = [int(x) for x in np.random.RandomState(0).randint(10, 200, 203)]
+    plain = epoch_batches(203, 8, epoch=0, seed=0)
+    grouped = epoch_batches(203, 8, epoch=0, seed=0, lengths=lengths)
+    assert sorted(i for b in grouped for i in b) == list(range(203)) and len(grouped) == len(plain) == 26
+    assert [len(b) for b in grouped] == [8] * 25 + [3]
+    padded = lambda batches: sum(max(lengths[i] for i in b) * len(b) for b in batches)  # noqa: E731
+    assert padded(grouped) < 0.8 * padded(plain)
+    assert epoch_batches(203, 8, epoch=0, seed=0, lengths=lengths) == grouped

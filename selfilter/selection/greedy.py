@@ -17,8 +17,7 @@ version reproduces the reference's picks, not just approximately.
 ``d*`` *raises* its neighbours. ``penalty="positive"`` first shifts difficulties to be positive
 (``d - min(d) + eps``, ``eps = 1e-6 * (max - min)`` or 1e-6 for a constant input; the order is
 unchanged) and floors penalised values at 0, so ``d*`` stays >= 0 and a penalty can only lower
-(never raise) neighbours; with gamma <= 1 (sim^2 <= 1) the floor matters only for neighbours
-already less difficult than ``d* * sim^2``.
+(never raise) neighbours. Not the default: it changes which samples the paper's code picks.
 
 Why the fast version is fast (N=158K, D=1,536, 25K picks: the reference costs ~N*D per pick).
 The neighbours of a pick depend only on the pick and on the picked set, so neighbour lists are

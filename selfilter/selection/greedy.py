@@ -118,15 +118,16 @@ def exact_cosine(features: Any, norms: np.ndarray, rows: np.ndarray, q: int) -> 
 def exact_cosine_pairs(features: Any, norms: np.ndarray, rows: np.ndarray, qs: np.ndarray) -> np.ndarray:
     """Canonical cosine of ``features[rows[i]]`` to ``features[qs[i]]`` for every i, float64.
 
-    ``(x * y).sum(axis=1)`` reduces each row on its own, in the same order whatever the other
-    rows are, so identical rows get identical values and the fast and reference paths agree.
+    ``einsum("ij,ij->i")`` on float64 copies reduces each row on its own, in the same order
+    whatever the other rows are, so identical rows get identical values and the fast and
+    reference paths agree bit for bit.
     """
     out = np.empty(len(rows), dtype=np.float64)
     for s in range(0, len(rows), _EXACT_CHUNK):
         r, q = rows[s:s + _EXACT_CHUNK], qs[s:s + _EXACT_CHUNK]
         x = np.asarray(features[r], dtype=np.float64)
         y = np.asarray(features[q], dtype=np.float64)
-        dots = (x * y).sum(axis=1)
+        dots = np.einsum("ij,ij->i", x, y)
         den = norms[r] * norms[q]
         with np.errstate(invalid="ignore", divide="ignore"):
             out[s:s + len(r)] = np.where(den > 0, dots / np.where(den > 0, den, 1.0), 0.0)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import REPO, make_dvc_project, mlflow_runs
+from flow_fixtures import REPO, make_dvc_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import mlflow_runs
+from flow_fixtures import mlflow_runs
 from flows import pipeline
 from flows.pipeline import (GENERATED_MARKER, PipelineError, apply_profile, compose_params,
                             comparison_rows, deep_merge, nest_overrides, order_stage_groups)
@@ -88,6 +88,7 @@ def test_apply_profile_unknown_profile_lists_available(dvc_project: Path):
 
 # ------------------------------------------------------------------ the flow, ephemeral
 
+@pytest.mark.slow  # three flow runs, ~20 dvc invocations
 def test_flow_runs_dvc_stages_in_order_and_dvc_decides_reruns(dvc_project: Path, stage_runs, monkeypatch):
     monkeypatch.setattr(pipeline, "TRANSIENT_RETRY_DELAYS_S", [0.0, 0.0])
     (dvc_project / "judge.fail").write_text("1")  # the judge endpoint fails once
@@ -124,6 +125,7 @@ def test_flow_runs_dvc_stages_in_order_and_dvc_decides_reruns(dvc_project: Path,
     assert {r["method"] for r in metrics["runs"]} == {"random", "self_filter"}
 
 
+@pytest.mark.slow
 def test_flow_reports_failed_stage_and_unknown_target(dvc_project: Path, stage_runs, monkeypatch):
     monkeypatch.setattr(pipeline, "TRANSIENT_RETRY_DELAYS_S", [0.0])
     (dvc_project / "judge.fail").write_text("5")  # more failures than retries

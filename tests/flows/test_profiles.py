@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from flow_fixtures import REPO
 from flows.pipeline import compose_params
 
 # section -> (module, schema class)

@@ -221,7 +221,10 @@ def train_steps(accelerator, module: nn.Module, optimizer: torch.optim.Optimizer
         result.step += 1
         pending.append((result.step, loss.detach(), lr))
         bar.update(1)
-        if ckpt is not None and (result.step % checkpoint_every == 0 or result.step == stop):
+        # checkpoint every N steps and where a max_steps stop interrupts the run; a finished run
+        # needs none (its outputs are written next)
+        if ckpt is not None and result.step < num_steps and (result.step % checkpoint_every == 0
+                                                             or result.step == stop):
             flush()
             save_checkpoint(accelerator, ckpt, scheduler, {"step": result.step, "log": result.log})
     bar.close()

@@ -16,16 +16,31 @@ image tokens, padding - gets label ``-100``.
 Image placeholders (documented choices):
 - an image record whose first human turn lacks ``<image>`` gets ``"<image>\\n"`` prepended to that
   turn in the model's view (LLaVA's own convention; the record on disk is untouched);
+- the ``<image>`` tag is written the way the processor's chat template writes an image part
+  (``{"type": "image"}``): ``"<image>\\n"`` (LLaVA-1.5, so LLaVA text is unchanged),
+  ``"<|vision_start|><|image_pad|><|vision_end|>"`` (Qwen2-VL). The tag together with LLaVA's
+  separator newline becomes that text, so ``"<image>\\n{question}"`` renders exactly as the typed
+  content ``[image, text question]`` does. A template that takes no typed parts (or does not
+  write the processor's image token for one) gets the processor's image token in place of the tag;
 - a text-only record whose text contains ``<image>`` has it removed (there are no pixels to put
   there), and has no vision tensors;
 - more than one ``<image>`` in one record is an error (one image per record, as in LLaVA data).
 
+Every tensor the processor returns for a sample is kept: per-token ones (shape ``[1, T]``, e.g.
+Qwen2-VL's ``mm_token_type_ids``) as 1-D tensors aligned with ``input_ids`` (truncated with them,
+padded by ``collate``), per-image ones (``pixel_values``, ``image_grid_thw``, ...) as returned.
+The processor's ``attention_mask`` is not kept: the encoder writes its own (all ones).
+
 Mixed batches: text-only samples carry no image tokens and no vision tensors, so ``collate``
 concatenates the vision tensors of the samples that have them; LLaVA-style models scatter image
-features into the image-token positions across the batch, which then line up.
+features into the image-token positions across the batch, which then line up. A text-only
+sample lacking a per-token tensor that others have (it was not run through the processor) gets
+0 there (for ``mm_token_type_ids``: "text").
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,8 +52,10 @@ from tqdm.auto import tqdm
 from selfilter.data.records import IMAGE_PLACEHOLDER, chat_messages, load_image
 
 IGNORE_INDEX = -100
-# Keys of a processor's output that describe the text; every other tensor is a vision input.
-_TEXT_KEYS = {"input_ids", "attention_mask", "offset_mapping", "token_type_ids", "mm_token_type_ids"}
+# Keys the encoder writes itself (or that are not model inputs): not copied from the processor.
+_OWN_KEYS = {"input_ids", "labels", "attention_mask", "offset_mapping", "index"}
+# The image tag with LLaVA's separator newline after it, if any.
+_IMAGE_TAG = re.compile(re.escape(IMAGE_PLACEHOLDER) + "\n?")
 
 
 class EncodeError(ValueError):
@@ -65,6 +82,8 @@ class ChatEncoder:
         self.max_length = max_length
         self.image_token = getattr(processor, "image_token", None) or IMAGE_PLACEHOLDER
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        # How one image is written in the rendered text (None: the processor's image token).
+        self.image_text = self._image_part_text()
         # Special tokens that may close an assistant turn: all specials except padding, BOS and
         # the image token (a template never emits those right after an answer as an end marker).
         excluded = {self.tokenizer.pad_token_id, self.tokenizer.bos_token_id, self.image_token_id}
@@ -80,6 +99,38 @@ class ChatEncoder:
         return pad if pad is not None else self.tokenizer.eos_token_id
 
     # -- rendering ------------------------------------------------------------------------
+    def _image_part_text(self) -> str | None:
+        """The text the processor's chat template writes for an image part, found by rendering a
+        user turn with and without ``{"type": "image"}`` before a text part; None when the
+        template takes no typed parts or does not write exactly one image token for one."""
+        render = getattr(self.processor, "apply_chat_template", None)
+        if render is None:
+            return None
+        from jinja2 import TemplateError
+
+        text = {"type": "text", "text": "Describe."}
+        try:
+            with_image = render([{"role": "user", "content": [{"type": "image"}, text]}], tokenize=False)
+            without = render([{"role": "user", "content": [text]}], tokenize=False)
+        # no template (ValueError), or one for string content only (TypeError, UndefinedError, ...)
+        except (TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError):
+            return None
+        if not isinstance(with_image, str) or not isinstance(without, str):
+            return None
+        prefix = len(os.path.commonprefix([with_image, without]))
+        suffix = len(os.path.commonprefix([with_image[prefix:][::-1], without[prefix:][::-1]]))
+        part = with_image[prefix:len(with_image) - suffix]
+        if len(part) != len(with_image) - len(without) or part.count(self.image_token) != 1:
+            return None
+        return part
+
+    def _place_image(self, value: str) -> str:
+        """``<image>`` (with its separator newline) -> the processor's image text."""
+        if self.image_text is None:
+            return value.replace(IMAGE_PLACEHOLDER, self.image_token)
+        return _IMAGE_TAG.sub(lambda m: self.image_text if m.group().endswith("\n") else self.image_text.rstrip(),
+                              value)
+
     def render(self, conversations: list[dict[str, str]], has_image: bool) -> tuple[str, list[dict[str, str]]]:
         """The chat-template text of a conversation and the messages it was rendered from."""
         turns = [dict(t) for t in conversations]
@@ -87,6 +138,8 @@ class ChatEncoder:
             first_human = next((t for t in turns if t.get("from") == "human"), None)
             if first_human is not None and IMAGE_PLACEHOLDER not in first_human["value"]:
                 first_human["value"] = f"{IMAGE_PLACEHOLDER}\n{first_human['value']}"
+            for t in turns:
+                t["value"] = self._place_image(t["value"])
         else:
             for t in turns:
                 t["value"] = t["value"].replace(f"{IMAGE_PLACEHOLDER}\n", "").replace(IMAGE_PLACEHOLDER, "")
@@ -94,8 +147,6 @@ class ChatEncoder:
         # lmms-eval's llava_hf renders with the tokenizer's template; fall back to the processor's.
         owner = self.tokenizer if getattr(self.tokenizer, "chat_template", None) else self.processor
         text = owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        if self.image_token != IMAGE_PLACEHOLDER:
-            text = text.replace(IMAGE_PLACEHOLDER, self.image_token)
         return text, messages
 
     @staticmethod
@@ -143,28 +194,38 @@ class ChatEncoder:
 
     def encode(self, conversations: list[dict[str, str]], image: Image.Image | None,
                record: dict | None = None) -> dict[str, torch.Tensor]:
-        """One sample: 1-D ``input_ids``/``labels``/``attention_mask`` (+ vision tensors)."""
+        """One sample: 1-D ``input_ids``/``labels``/``attention_mask`` (+ the processor's other
+        per-token tensors, 1-D, and its per-image tensors)."""
         has_image = image is not None
         text, messages = self.render(conversations, has_image)
         n_placeholders = text.count(self.image_token)
         if has_image and n_placeholders != 1:
-            raise EncodeError(f"{_record_name(record)}: expected one {self.image_token} in the conversation, "
+            raise EncodeError(f"{_record_name(record)}: expected one {IMAGE_PLACEHOLDER} in the conversation, "
                               f"found {n_placeholders}")
         ids, labels = self._text_labels(text, self.answer_spans(text, messages, record))
 
         out: dict[str, torch.Tensor] = {}
+        per_token: dict[str, torch.Tensor] = {}
         if has_image:
             proc = self.processor(text=text, images=image, return_tensors="pt")
             ids, labels = self._expand(ids, labels, proc["input_ids"][0].tolist(), record)
             for key, value in proc.items():
-                if key not in _TEXT_KEYS and isinstance(value, torch.Tensor):
+                if key in _OWN_KEYS or not isinstance(value, torch.Tensor):
+                    continue
+                if value.dim() == 2 and value.shape == (1, len(ids)):
+                    per_token[key] = value[0]
+                else:
                     out[key] = value
+        n = len(ids)
         ids, labels = self._truncate(ids, labels, record)
+        if len(ids) < n:
+            per_token = {k: v[: len(ids)] for k, v in per_token.items()}
         if all(l == IGNORE_INDEX for l in labels):
             self.n_unsupervised += 1
         out["input_ids"] = torch.tensor(ids, dtype=torch.long)
         out["labels"] = torch.tensor(labels, dtype=torch.long)
         out["attention_mask"] = torch.ones(len(ids), dtype=torch.long)
+        out.update(per_token)
         return out
 
     def _expand(self, ids: list[int], labels: list[int], proc_ids: list[int], record) -> tuple[list[int], list[int]]:
@@ -213,9 +274,11 @@ class ChatEncoder:
 def collate(batch: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of encoded samples into a batch.
 
-    ``input_ids`` pad with ``pad_token_id``, ``labels`` with -100, ``attention_mask`` with 0.
-    Vision tensors of the samples that have them are concatenated along their first (per-image)
-    dimension. ``index`` carries each sample's dataset position for per-sample bookkeeping.
+    ``input_ids`` pad with ``pad_token_id``, ``labels`` with -100, ``attention_mask`` and any
+    other per-token tensor (1-D, as long as the sample's ``input_ids``: ``mm_token_type_ids``,
+    ...) with 0; a sample without such a tensor gets a row of 0. Per-image tensors of the samples
+    that have them are concatenated along their first dimension. ``index`` carries each
+    sample's dataset position for per-sample bookkeeping.
     """
     if not batch:
         raise ValueError("collate: empty batch")
@@ -230,10 +293,17 @@ def collate(batch: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict
         labels[row, :t] = s["labels"]
         attention_mask[row, :t] = s["attention_mask"]
     out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-    vision_keys = sorted({k for s in batch for k in s if k not in _TEXT_KEYS and k not in ("labels", "index")})
-    for key in vision_keys:
+    extra = sorted({k for s in batch for k, v in s.items() if k not in _OWN_KEYS and isinstance(v, torch.Tensor)})
+    for key in extra:
         parts = [s[key] for s in batch if key in s]
-        out[key] = torch.cat(parts, dim=0)
+        if all(s[key].dim() == 1 and len(s[key]) == len(s["input_ids"]) for s in batch if key in s):
+            padded = torch.zeros((n, length), dtype=parts[0].dtype)
+            for row, s in enumerate(batch):
+                if key in s:
+                    padded[row, : len(s[key])] = s[key]
+            out[key] = padded
+        else:
+            out[key] = torch.cat(parts, dim=0)
     out["index"] = torch.tensor([int(s.get("index", i)) for i, s in enumerate(batch)], dtype=torch.long)
     return out
 

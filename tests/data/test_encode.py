@@ -152,3 +152,59 @@ def test_collate_pads_and_mixes_text_only_with_image_samples(processor, tmp_path
     assert torch.equal(sub[0]["input_ids"], ds[2]["input_ids"]) and sub[1]["index"] == 1
     with pytest.raises(EncodeError, match="uid=5.*missing.png"):
         enc.encode_record({"uid": 5, "image": "missing.png", "conversations": CONV}, tmp_path)
+
+
+def test_image_tag_written_as_the_templates_image_part():
+    """A template that takes typed parts (the project's own, ``"<image>\\n"`` per image part) is
+    probed for how it writes an image; LLaVA text, and so the ids, stay what the string-only
+    Vicuna template gives."""
+    from selfilter.models.tokenizer import CHAT_TEMPLATE
+
+    typed, plain = ChatEncoder(make_processor(CHAT_TEMPLATE)), ChatEncoder(make_processor(VICUNA))
+    assert typed.image_text == "<image>\n" and plain.image_text is None
+    for conv in (CONV, [{"from": "human", "value": "What color?\n<image>"}, CONV[1]]):
+        a, b = typed.encode(conv, IMAGE), plain.encode(conv, IMAGE)
+        assert typed.render(conv, True)[0] == plain.render(conv, True)[0]
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _TokenTypes:
+    """A processor that also returns a per-token tensor (like Qwen2-VL's ``mm_token_type_ids``)."""
+
+    def __init__(self, processor):
+        self._p = processor
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+    def __call__(self, *args, **kwargs):
+        out = self._p(*args, **kwargs)
+        out["mm_token_type_ids"] = (out["input_ids"] == self._p.tokenizer.convert_tokens_to_ids("<image>")).long()
+        return out
+
+
+def test_per_token_tensors_are_kept_truncated_and_padded(processor):
+    enc = ChatEncoder(_TokenTypes(processor))
+    s = enc.encode(CONV, IMAGE)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert torch.equal(s["mm_token_type_ids"], (s["input_ids"] == image_id).long())
+    short = ChatEncoder(_TokenTypes(processor), max_length=len(s["input_ids"]) - 3).encode(CONV, IMAGE)
+    assert len(short["mm_token_type_ids"]) == len(short["input_ids"]) == len(s["input_ids"]) - 3
+    text_only = enc.encode(CONV[:2], None)
+    assert "mm_token_type_ids" not in text_only
+    batch = collate([text_only, s], enc.pad_token_id)
+    assert batch["mm_token_type_ids"].shape == batch["input_ids"].shape
+    assert batch["mm_token_type_ids"][0].eq(0).all()  # the text-only row: all "text"
+    assert torch.equal(batch["mm_token_type_ids"][1], (batch["input_ids"][1] == image_id).long())
+    assert batch["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_collate_pads_per_token_and_concatenates_per_image_tensors():
+    a = {"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]),
+         "attention_mask": torch.ones(3, dtype=torch.long), "mm_token_type_ids": torch.tensor([1, 0, 0]),
+         "pixel_values": torch.ones(4, 6), "image_grid_thw": torch.tensor([[1, 2, 2]])}
+    b = {"input_ids": torch.tensor([5]), "labels": torch.tensor([5]), "attention_mask": torch.ones(1, dtype=torch.long),
+         "mm_token_type_ids": torch.tensor([1]), "pixel_values": torch.zeros(2, 6), "image_grid_thw": torch.tensor([[1, 1, 2]])}
+    batch = collate([a, b], pad_token_id=0)
+    assert batch["mm_token_type_ids"].tolist() == [[1, 0, 0], [1, 0, 0]]
+    assert batch["pixel_values"].shape == (6, 6) and batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 1, 2]]

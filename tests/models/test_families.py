@@ -176,25 +176,33 @@ def test_stage1_step_on_the_family(saved_family):
     optimizer.step()
 
 
-# The project's generic encoder does not handle this family yet. Each marker below is strict: the
-# test turns red when the encoder is fixed, so the marker gets removed and the path is covered.
-ENCODER_GAP = ("ChatEncoder finds turn texts after replacing '<image>' by the processor's image token, "
-               "so with any image token other than '<image>' (Qwen2-VL: <|image_pad|>) the user turn is "
-               "'not found' (EncodeError); it also emits no <|vision_start|>/<|vision_end|> markers and "
-               "drops the processor's mm_token_type_ids, which Qwen2-VL's forward requires with images")
-
-
-@pytest.mark.xfail(strict=True, raises=Exception, reason=ENCODER_GAP)
 def test_chat_encoder_encodes_the_family(saved_family):
     processor = AutoProcessor.from_pretrained(saved_family[0])
     encoder = ChatEncoder(processor, max_length=256)
+    # the image is written as the family's template writes an image part (vision markers)
+    assert encoder.image_text == "<|vision_start|><|image_pad|><|vision_end|>"
     samples = [encoder.encode(r["conversations"], r["_image"], record=r) for r in RECORDS]
     tok = processor.tokenizer
     for record, s in zip(RECORDS, samples):
         supervised = tok.decode(s["labels"][s["labels"] != IGNORE_INDEX])
         answers = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
         assert supervised == "<|im_end|>".join(answers) + "<|im_end|>"  # answers + end of turn
+        assert set(s) == {"input_ids", "labels", "attention_mask", "mm_token_type_ids", "pixel_values",
+                          "image_grid_thw"}
+        assert torch.equal(s["mm_token_type_ids"].bool(), s["input_ids"] == processor.image_token_id)
+    # the prompt is token for token what the family's own typed chat template + processor give
+    question = RECORDS[0]["conversations"][0]["value"].replace("<image>\n", "")
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                         {"type": "text", "text": question}]}],
+                                           add_generation_prompt=True)
+    eval_ids = processor(text=prompt, images=RECORDS[0]["_image"], return_tensors="pt")["input_ids"][0]
+    assert torch.equal(samples[0]["input_ids"][: len(eval_ids)], eval_ids)
+    assert (samples[0]["labels"] != IGNORE_INDEX).nonzero()[0].item() == len(eval_ids)
+
     model = AutoModelForImageTextToText.from_pretrained(saved_family[0])
     batch = collate(samples, encoder.pad_token_id)
+    length = max(len(s["input_ids"]) for s in samples)
+    assert batch["mm_token_type_ids"].shape == (2, length) and batch["image_grid_thw"].shape == (2, 3)
+    assert batch["mm_token_type_ids"][0, len(samples[0]["input_ids"]):].eq(0).all()  # padded with 0
     logits = model(**{k: v for k, v in batch.items() if k not in ("labels", "index")}).logits
     assert torch.isfinite(self_filter_loss(logits, batch["labels"], torch.zeros(len(RECORDS))))

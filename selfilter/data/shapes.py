@@ -34,7 +34,8 @@ They are designed to *hurt* a model trained on them, as real machine-generated e
 - ``low_information``: every answer replaced by a non-answer ("It is hard to tell.", "There
   are some shapes in the image."): it teaches the wrong output format.
 - ``truncated``: every answer cut to its first half (descriptions mid-sentence, words to a
-  prefix, one-character answers to the empty string), as when generation stops early.
+  prefix), as when generation stops early; at least the first character stays (one-character
+  answers stay whole): an empty answer would leave nothing to learn or score.
 - ``near_duplicate``: a copy of a clean sample, image re-rendered shifted by 1 px, same questions
   (the detail prompt possibly paraphrased): redundant rather than wrong.
 ``imperfections.jsonl`` lists *every* sample with its kind, ``"clean"`` included; near
@@ -479,8 +480,9 @@ def corrupt_scene(objects: Sequence[Obj], rng: random.Random, image_size: int) -
 
 
 def truncate_answer(answer: str) -> str:
-    """Generation stopped early: the first half (descriptions end mid-sentence, without '.')."""
-    return answer[: len(answer) // 2].rstrip()
+    """Generation stopped early: the first half (descriptions end mid-sentence, without '.'),
+    never less than the first character (an empty answer supervises no token)."""
+    return answer[: max(1, len(answer) // 2)].rstrip()
 
 
 def low_information_answer(answer_is_short: bool, rng: random.Random) -> str:

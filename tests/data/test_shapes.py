@@ -182,7 +182,16 @@ def test_wrong_answer_rules(qtype, question, answer, wrong):
 
 def test_truncated_and_low_information_answers():
     assert S.truncate_answer("There are 2 objects: a red square.") == "There are 2 objec"  # mid-word, as generation stops
-    assert S.truncate_answer("red") == "r" and S.truncate_answer("3") == ""
+    assert S.truncate_answer("red") == "r" and S.truncate_answer("no") == "n"
+    assert S.truncate_answer("3") == "3"  # at least the first character: never an empty answer
+
+
+def test_truncated_samples_never_have_an_empty_answer():
+    pool = S.generate_pool(3, 400, rates={"wrong_answer": 0.0, "near_duplicate": 0.0,
+                                          "low_information": 0.0, "truncated": 0.5})
+    truncated = [a for s in pool if s.kind == "truncated" for _, a in s.qas]
+    assert len(truncated) > 200 and any(len(a) == 1 for a in truncated)
+    assert all(a.strip() for s in pool for _, a in s.qas)
 
 
 def test_bench_answers_balanced_and_well_formed(files):

@@ -1,40 +1,46 @@
-"""finetune stage: fine-tune the base model on every (budget, seed) subset of one method.
+"""finetune stage: fine-tune the base model on every (method, budget, seed) subset.
 
-    python -m stages.finetune --params params.yaml --method NAME --selections selections/NAME \
-        --image-dir data/shapes --model models/base --out runs/NAME
+    python -m stages.finetune --params params.yaml --selections selections \
+        --image-dir data/shapes --model models/base --out runs [--method NAME ...]
 
-All subsets ``selections/NAME/b<budget>_s<seed>/subset.json`` run in ONE process: the union of
-their records is encoded once and every run reuses it. Each run writes OUT/b<budget>_s<seed>/:
-the Hugging Face checkpoint (model + processor, ``save_pretrained``), ``train_log.json`` (steps,
-final loss, wall seconds, the per-step log) and, last, ``done.json`` with the digest of (subset
-file, recipe params, base model). A rerun skips runs whose marker digest matches (declare OUT
-``persist: true`` in dvc.yaml), resumes an interrupted run from its ``checkpoint/``, and
-removes run folders of subsets that no longer exist.
+Methods default to ``select.methods`` from the params file. Every subset
+``SELECTIONS/<method>/b<budget>_s<seed>/subset.json`` is trained with the same recipe
+(``finetune`` params) in ONE process: the union of all subsets' records is encoded once, and
+``finetune.workers`` forked processes train independent runs side by side. Each run writes
+``OUT/<method>/b<budget>_s<seed>/``: the Hugging Face checkpoint (model + processor,
+``save_pretrained``), ``train_log.json`` (steps, final loss, wall seconds, the per-step log) and,
+last, ``done.json`` with the digest of (subset file, recipe params, base model). A rerun skips
+runs whose marker digest matches (OUT is ``persist: true`` in dvc.yaml, so DVC keeps it),
+resumes an interrupted run from its ``checkpoint/``, and removes run folders of subsets that no
+longer exist. A run without ``done.json`` is never used downstream.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing as mp
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from selfilter.config import ConfigError, load_section
+from selfilter.config import ConfigError, load_params, load_section, parse_section
 from selfilter.training.config import FinetuneConfig
 
 log = logging.getLogger("finetune")
 # params that change where/how fast a run goes, not what it computes
-_NOT_IN_DIGEST = {"device", "checkpoint_every"}
+_NOT_IN_DIGEST = {"device", "checkpoint_every", "workers", "torch_threads"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--method", required=True, help="selection method name (for the logs)")
-    p.add_argument("--selections", required=True, help="folder of b<budget>_s<seed>/subset.json")
+    p.add_argument("--method", action="append", dest="methods",
+                   help="selection method to train (repeatable; default: select.methods in the params)")
+    p.add_argument("--selections", required=True, help="selections root: <method>/b<budget>_s<seed>/subset.json")
     p.add_argument("--image-dir", required=True, help="folder the records' image paths are relative to")
     p.add_argument("--model", required=True, help="base VLM folder (save_pretrained) or hub name")
-    p.add_argument("--out", required=True, help="output folder (one subfolder per run)")
+    p.add_argument("--out", required=True, help="output root: <method>/b<budget>_s<seed>/ per run")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -48,102 +54,174 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+@dataclass
+class _Job:
+    method: str
+    spec: object          # selfilter.training.finetune.SubsetSpec
+    digest: str
+    records: list
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}/{self.spec.name}"
+
+
+def _methods(args: argparse.Namespace) -> list[str]:
+    if args.methods:
+        return list(args.methods)
+    from selfilter.selection.config import SelectConfig
+
+    return list(parse_section(load_params(args.params), "select", SelectConfig, args.params).methods)
+
+
+def _plan(args, cfg, methods, out: Path) -> list[_Job]:
+    """The runs still to do (digest differs or no marker); stale run folders are removed."""
+    from selfilter.io import file_digest, read_json
+    from selfilter.training.finetune import discover_subsets, run_digest
+
+    recipe = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_DIGEST}
+    base_digest = file_digest(args.model) if Path(args.model).exists() else str(args.model)
+    jobs: list[_Job] = []
+    for method in methods:
+        specs = discover_subsets(Path(args.selections) / method)
+        method_out = out / method
+        if method_out.is_dir():  # run folders of subsets that are gone (budgets/seeds changed)
+            wanted = {s.name for s in specs}
+            for d in method_out.iterdir():
+                if d.is_dir() and d.name not in wanted:
+                    log.info("removing stale run %s", d)
+                    shutil.rmtree(d)
+        for spec in specs:
+            digest = run_digest(file_digest(spec.path), recipe, base_digest)
+            done = method_out / spec.name / "done.json"
+            if done.is_file() and read_json(done).get("digest") == digest:
+                continue
+            records = read_json(spec.path)
+            if not isinstance(records, list) or not records:
+                raise ValueError(f"{spec.path}: expected a non-empty JSON array of records")
+            for i, r in enumerate(records):
+                if not isinstance(r, dict) or not isinstance(r.get("uid"), int):
+                    raise ValueError(f"{spec.path}: record {i} has no integer 'uid'")
+            jobs.append(_Job(method, spec, digest, records))
+    if out.is_dir():
+        for d in out.iterdir():
+            if d.is_dir() and d.name not in methods:
+                log.info("removing runs of a method no longer compared: %s", d)
+                shutil.rmtree(d)
+    return jobs
+
+
+# State shared with forked workers (set in the parent before the fork; read-only afterwards).
+_CTX: dict = {}
+
+
+def _train_one(job: _Job) -> tuple[str, int, float, float]:
+    """Train one run; returns (name, steps, final loss, wall seconds). Runs in a worker or inline."""
+    import torch
+
+    from selfilter.io import read_json, write_json
+    from selfilter.models.loading import load_vlm, save_vlm
+    from selfilter.training.finetune import finetune, recipe_steps
+    from selfilter.training.loop import make_accelerator, remove_checkpoint
+
+    cfg, args, out = _CTX["cfg"], _CTX["args"], _CTX["out"]
+    pool, position, encoder, processor = _CTX["pool"], _CTX["position"], _CTX["encoder"], _CTX["processor"]
+    if _CTX.get("threads"):
+        torch.set_num_threads(_CTX["threads"])
+    accelerator = _CTX.get("accelerator") or make_accelerator(cfg.device, cfg.mixed_precision)
+    main_proc = accelerator.is_main_process
+    spec, run_dir = job.spec, out / job.method / job.spec.name
+    if main_proc:
+        marker = run_dir / "run.json"
+        if run_dir.exists() and not (marker.is_file() and read_json(marker).get("digest") == job.digest):
+            shutil.rmtree(run_dir)  # a different (older) run: nothing in it can be resumed
+        write_json(marker, {"digest": job.digest, "method": job.method, "subset": str(spec.path)})
+    accelerator.wait_for_everyone()
+    data = pool.subset([position[r["uid"]] for r in job.records])
+    steps = recipe_steps(len(data), spec.budget, recipe=cfg.recipe, epochs=cfg.epochs,
+                         reference_budget=cfg.reference_budget, batch_size=cfg.batch_size,
+                         world=accelerator.num_processes)
+    model, _ = load_vlm(args.model, cfg.dtype, "cpu")
+    seed = spec.seed + cfg.seed_offset
+    result = finetune(model, data, encoder.pad_token_id, accelerator=accelerator, num_steps=steps, lr=cfg.lr,
+                      weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size,
+                      grad_clip=cfg.grad_clip, freeze_vision=cfg.freeze_vision, seed=seed,
+                      checkpoint_dir=run_dir, checkpoint_every=cfg.checkpoint_every, max_steps=cfg.max_steps,
+                      group_by_length=cfg.group_by_length,
+                      progress=_CTX["progress"], desc=job.name)
+    if not result.finished:
+        log.info("%s: stopped at step %d of %d (max_steps); checkpoint kept", job.name, result.step,
+                 result.num_steps)
+        return job.name, result.step, float("nan"), result.wall_s
+    if main_proc:
+        save_started = time.perf_counter()
+        save_vlm(accelerator.unwrap_model(model), processor, run_dir)
+        tail = [r["loss"] for r in result.log[-5:]]
+        write_json(run_dir / "train_log.json", {
+            "method": job.method, "budget": spec.budget, "seed": spec.seed, "train_seed": seed,
+            "n_samples": len(data), "recipe": cfg.recipe, "steps": result.step,
+            "epochs": round(result.step * cfg.batch_size * accelerator.num_processes / len(data), 4),
+            "final_loss": sum(tail) / len(tail), "resumed_from": result.resumed_from,
+            "wall_s": round(result.wall_s, 3), "save_s": round(time.perf_counter() - save_started, 3),
+            "log": result.log,
+        })
+    remove_checkpoint(accelerator, run_dir)
+    if main_proc:  # the marker goes last: a run without it is redone
+        write_json(run_dir / "done.json", {"digest": job.digest, "steps": result.step})
+    accelerator.wait_for_everyone()
+    return job.name, result.step, result.log[-1]["loss"], result.wall_s
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg = load_section("finetune", FinetuneConfig, args.params)
     from selfilter.data.encode import ChatEncoder, EncodedDataset
-    from selfilter.io import file_digest, read_json, write_json
-    from selfilter.models.loading import load_vlm, save_vlm
-    from selfilter.training.finetune import discover_subsets, finetune, recipe_steps, run_digest
-    from selfilter.training.loop import make_accelerator, remove_checkpoint
+    from selfilter.models.loading import load_vlm
+    from selfilter.training.loop import make_accelerator
 
     out = Path(args.out)
-    specs = discover_subsets(args.selections)
-    recipe = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_DIGEST}
-    base_digest = file_digest(args.model) if Path(args.model).exists() else str(args.model)
-    accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
-    main_proc = accelerator.is_main_process
-
-    if main_proc and out.is_dir():  # run folders of subsets that are gone (budgets/seeds changed)
-        wanted = {s.name for s in specs}
-        for d in out.iterdir():
-            if d.is_dir() and d.name not in wanted:
-                log.info("removing stale run %s", d)
-                shutil.rmtree(d)
-
-    # Which runs are still to do, and the union of their records (encoded once, below).
-    todo, subsets = [], {}
-    for spec in specs:
-        digest = run_digest(file_digest(spec.path), recipe, base_digest)
-        run_dir = out / spec.name
-        done = run_dir / "done.json"
-        if done.is_file() and read_json(done).get("digest") == digest:
-            log.info("%s/%s: done for these inputs, skipped", args.method, spec.name)
-            continue
-        records = read_json(spec.path)
-        if not isinstance(records, list) or not records:
-            raise ValueError(f"{spec.path}: expected a non-empty JSON array of records")
-        for i, r in enumerate(records):
-            if not isinstance(r, dict) or not isinstance(r.get("uid"), int):
-                raise ValueError(f"{spec.path}: record {i} has no integer 'uid'")
-        subsets[spec.name] = records
-        todo.append((spec, digest))
-    if not todo:
-        log.info("%s: all %d runs up to date", args.method, len(specs))
+    methods = _methods(args)
+    jobs = _plan(args, cfg, methods, out)
+    if not jobs:
+        log.info("all runs of %s up to date", ", ".join(methods))
         return 0
 
+    # Every record any remaining run needs, encoded once (the processor runs up front, not per step).
     union: dict[int, dict] = {}
-    for records in subsets.values():
-        for r in records:
+    for job in jobs:
+        for r in job.records:
             union.setdefault(r["uid"], r)
     _, processor = load_vlm(args.model, cfg.dtype, "cpu")
     encoder = ChatEncoder(processor, max_length=cfg.max_length)
     uids = sorted(union)
-    pool = EncodedDataset([union[u] for u in uids], args.image_dir, encoder,
-                          progress=not args.no_progress and main_proc)
-    position = {u: i for i, u in enumerate(uids)}
+    pool = EncodedDataset([union[u] for u in uids], args.image_dir, encoder, progress=not args.no_progress)
+    _CTX.update(cfg=cfg, args=args, out=out, pool=pool, position={u: i for i, u in enumerate(uids)},
+                encoder=encoder, processor=processor, threads=cfg.torch_threads)
 
-    for spec, digest in todo:
-        run_dir = out / spec.name
-        if main_proc:
-            marker = run_dir / "run.json"
-            if run_dir.exists() and not (marker.is_file() and read_json(marker).get("digest") == digest):
-                shutil.rmtree(run_dir)  # a different (older) run: nothing in it can be resumed
-            write_json(marker, {"digest": digest, "method": args.method, "subset": str(spec.path)})
-        accelerator.wait_for_everyone()
-        data = pool.subset([position[r["uid"]] for r in subsets[spec.name]])
-        steps = recipe_steps(len(data), spec.budget, recipe=cfg.recipe, epochs=cfg.epochs,
-                             reference_budget=cfg.reference_budget, batch_size=cfg.batch_size,
-                             world=accelerator.num_processes)
-        model, _ = load_vlm(args.model, cfg.dtype, "cpu")
-        seed = spec.seed + cfg.seed_offset
-        result = finetune(model, data, encoder.pad_token_id, accelerator=accelerator, num_steps=steps, lr=cfg.lr,
-                          weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size,
-                          grad_clip=cfg.grad_clip, freeze_vision=cfg.freeze_vision, seed=seed,
-                          checkpoint_dir=run_dir, checkpoint_every=cfg.checkpoint_every, max_steps=cfg.max_steps,
-                          group_by_length=cfg.group_by_length,
-                          progress=not args.no_progress, desc=f"{args.method}/{spec.name}")
-        if not result.finished:
-            log.info("%s/%s: stopped at step %d of %d (max_steps); checkpoint kept", args.method, spec.name,
-                     result.step, result.num_steps)
-            continue
-        if main_proc:
-            save_started = time.perf_counter()
-            save_vlm(accelerator.unwrap_model(model), processor, run_dir)
-            tail = [r["loss"] for r in result.log[-5:]]
-            write_json(run_dir / "train_log.json", {
-                "method": args.method, "budget": spec.budget, "seed": spec.seed, "train_seed": seed,
-                "n_samples": len(data), "recipe": cfg.recipe, "steps": result.step,
-                "epochs": round(result.step * cfg.batch_size * accelerator.num_processes / len(data), 4),
-                "final_loss": sum(tail) / len(tail), "resumed_from": result.resumed_from,
-                "wall_s": round(result.wall_s, 3), "save_s": round(time.perf_counter() - save_started, 3),
-                "log": result.log,
-            })
-        remove_checkpoint(accelerator, run_dir)
-        if main_proc:  # the marker goes last: a run without it is redone
-            write_json(run_dir / "done.json", {"digest": digest, "steps": result.step})
-            log.info("%s/%s: %d samples, %d steps, loss %.4f, %.2f s", args.method, spec.name, len(data),
-                     result.step, result.log[-1]["loss"], result.wall_s)
-        accelerator.wait_for_everyone()
+    started = time.perf_counter()
+    workers = min(cfg.workers, len(jobs))
+    if workers > 1:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("finetune.workers must be 1 under a distributed launch")
+        # fork: children inherit the encoded pool copy-on-write. The parent has run no torch
+        # parallel region yet (encoding only builds tensors), so no OpenMP pool is inherited.
+        _CTX["progress"] = False
+        from tqdm.auto import tqdm
+
+        with mp.get_context("fork").Pool(workers) as p, tqdm(total=len(jobs), desc="finetune", unit="run",
+                                                              disable=args.no_progress) as bar:
+            for name, steps, loss, wall in p.imap_unordered(_train_one, jobs):
+                log.info("%s: %d steps, loss %.4f, %.2f s", name, steps, loss, wall)
+                bar.update()
+    else:
+        _CTX["progress"] = not args.no_progress
+        _CTX["accelerator"] = make_accelerator(cfg.device, cfg.mixed_precision)
+        for job in jobs:
+            name, steps, loss, wall = _train_one(job)
+            log.info("%s: %d steps, loss %.4f, %.2f s", name, steps, loss, wall)
+    log.info("%d run(s) of %d method(s) in %.1f s (%d worker(s))", len(jobs), len(methods),
+             time.perf_counter() - started, workers)
     return 0
 
 

@@ -11,7 +11,7 @@ names one object. Objects sit at their cell centre with +-1 px jitter: position 
 middle / right, top / middle / bottom) are never ambiguous, and the image is still unique.
 
 Samples (LLaVA-Instruct's three categories, ``category`` key on each record):
-- ``conversation``: 3-5 short-answer turns about colour, shape, size, count, existence, position
+- ``conversation``: 2-4 short-answer turns about colour, shape, size, count, existence, position
   and left/above relations;
 - ``detail``: "Describe the image in detail." -> :func:`describe_scene` (every object with
   size, colour, shape and place);
@@ -410,7 +410,7 @@ def sample_qas(objects: Sequence[Obj], category: str, rng: random.Random, wrong:
         shown = corrupt_scene(objects, rng, image_size) if wrong else objects
         return [(rng.choice(DETAIL_PROMPTS), describe_scene(shown))]
     if category == "conversation":
-        n, qtypes = rng.randint(3, 5), CONVERSATION_TYPES
+        n, qtypes = rng.randint(2, 4), CONVERSATION_TYPES  # short: CPU fine-tunes are token-bound
     elif category == "reasoning":
         n, qtypes = rng.randint(1, 2), REASONING_TYPES
     else:

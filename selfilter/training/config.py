@@ -56,6 +56,11 @@ class FinetuneConfig(OptimSection):
     reference_budget: float = Field(0.15, gt=0, le=1)  # equal_steps: every subset gets this budget's steps
     seed_offset: int = 0                              # training seed = selection seed + offset
     group_by_length: bool = True                      # LLaVA-style length grouping: less padding, faster
+    # Independent runs trained side by side in forked processes of `torch_threads` threads each.
+    # Tiny models are overhead-bound: 2 x 1 thread beats 1 x 2 threads on 2 cores. Must be 1
+    # under `accelerate launch` (the processes are then the data-parallel ranks).
+    workers: int = Field(1, ge=1)
+    torch_threads: int | None = Field(None, ge=1)     # null: torch's default
 
 
 class EL2NConfig(OptimSection):

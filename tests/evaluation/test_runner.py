@@ -44,13 +44,17 @@ def test_evaluate_stage(bench_dir, tiny_llava_dir, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  tasks: [shapes_vqa, shapes_count]\n  limit: 2\n  workers: 1\n")
     out = tmp_path / "evals" / "random"
-    assert main(["--params", str(params), "--method", "random", "--runs", str(runs),
-                 "--bench", str(bench_dir), "--out", str(out)]) == 0
+    args = ["--params", str(params), "--method", "random", "--runs", str(tmp_path / "runs"),
+            "--bench", str(bench_dir), "--out", str(tmp_path / "evals")]
+    assert main(args) == 0
     m = json.loads((out / "b0.15_s0" / "metrics.json").read_text())
     assert set(m) >= {"shapes_vqa/exact_match", "shapes_count/exact_match"}
     assert (out / "b0.15_s0" / "results.json").is_file()
     assert (out / "b0.15_s0" / "metrics.json.meta.json").is_file()
     assert json.loads((out / "summary.json").read_text())["runs"]["b0.15_s0"] == m
+    stamp = (out / "b0.15_s0" / "metrics.json").stat().st_mtime_ns
+    assert main(args) == 0  # same checkpoint, same settings: not evaluated again
+    assert (out / "b0.15_s0" / "metrics.json").stat().st_mtime_ns == stamp
 
 
 def test_evaluate_stage_user_errors_are_one_line(tmp_path, capsys):

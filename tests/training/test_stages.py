@@ -34,7 +34,7 @@ def workspace(tmp_path_factory, pool):
               "el2n": {**{k: v for k, v in SMALL.items() if k != "epochs"}, "seeds": [0, 1], "train_epochs": 0.5}}
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     for budget, seed, uids in ((0.25, 0, range(10)), (0.5, 1, range(5, 25))):
-        d = ws / "selections" / f"b{budget}_s{seed}"
+        d = ws / "selections" / "toy" / f"b{budget}_s{seed}"
         d.mkdir(parents=True)
         (d / "subset.json").write_text(json.dumps([records[u] for u in uids]))
     return ws, root
@@ -75,25 +75,31 @@ def test_stage1_missing_uid_is_a_one_line_error(workspace, tiny_llava_dir, tmp_p
     assert rc == 1 and "scores.parquet: no row for uid" in err and "Traceback" not in err
 
 
-def test_finetune_runs_every_subset_saves_loadable_checkpoints_and_skips_done_runs(workspace, tiny_llava_dir):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_finetune_runs_every_subset_saves_loadable_checkpoints_and_skips_done_runs(workspace, tiny_llava_dir,
+                                                                                 workers, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from stages.finetune import main
 
     ws, images = workspace
-    args = ["--params", str(ws / "params.yaml"), "--method", "toy", "--selections", str(ws / "selections"),
-            "--image-dir", str(images), "--model", str(tiny_llava_dir), "--out", str(ws / "runs"), "--no-progress"]
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["finetune"].update(workers=workers, torch_threads=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    runs = tmp_path / "runs"
+    args = ["--params", str(tmp_path / "params.yaml"), "--method", "toy", "--selections", str(ws / "selections"),
+            "--image-dir", str(images), "--model", str(tiny_llava_dir), "--out", str(runs), "--no-progress"]
     assert main(args) == 0
     for name, n, steps in (("b0.25_s0", 10, 4), ("b0.5_s1", 20, 6)):  # equal epochs: ceil(n / 8) * 2
-        run = ws / "runs" / name
+        run = runs / "toy" / name
         log = read_json(run / "train_log.json")
         assert (log["n_samples"], log["steps"]) == (n, steps) and log["wall_s"] > 0
         assert read_json(run / "done.json")["steps"] == steps and not (run / "checkpoint").exists()
         AutoModelForImageTextToText.from_pretrained(run)
         assert AutoProcessor.from_pretrained(run).tokenizer.chat_template
-    stamp = (ws / "runs" / "b0.25_s0" / "train_log.json").stat().st_mtime_ns
+    stamp = (runs / "toy" / "b0.25_s0" / "train_log.json").stat().st_mtime_ns
     assert main(args) == 0  # same inputs: nothing retrained
-    assert (ws / "runs" / "b0.25_s0" / "train_log.json").stat().st_mtime_ns == stamp
+    assert (runs / "toy" / "b0.25_s0" / "train_log.json").stat().st_mtime_ns == stamp
 
 
 def test_recipe_steps_equal_steps_gives_every_budget_the_reference_steps():

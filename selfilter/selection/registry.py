@@ -40,13 +40,16 @@ class SelectionInputs:
         self._loaders = dict(loaders)
         self._allowed = allowed
         self._cache: dict[str, np.ndarray] = {}
+        self.memo: dict[tuple, np.ndarray] = {}  # derived per-record scores a method reuses across budgets
 
     @property
     def loaded(self) -> frozenset[str]:
         return frozenset(self._cache)
 
     def restricted(self, allowed: frozenset[str]) -> SelectionInputs:
-        return SelectionInputs(self.n_pool, self._loaders, frozenset(allowed))
+        view = SelectionInputs(self.n_pool, self._loaders, frozenset(allowed))
+        view.memo = self.memo  # shared: a derived score survives across the budgets of a sweep
+        return view
 
     def get(self, name: str) -> np.ndarray:
         if self._allowed is not None and name not in self._allowed:
@@ -118,8 +121,11 @@ def _scored(scores: np.ndarray, budget_n: int, seed: int) -> Picked:
 
 
 def _prototypicality(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOptions) -> Picked:
-    return _scored(baselines.prototypicality_scores(inputs.get(FEATURES), o.n_clusters, seed),
-                   budget_n, seed)
+    # The k-means scores depend on the seed, not the budget: a budget sweep fits once per seed.
+    key = ("prototypicality", o.n_clusters, seed)
+    if key not in inputs.memo:
+        inputs.memo[key] = baselines.prototypicality_scores(inputs.get(FEATURES), o.n_clusters, seed)
+    return _scored(inputs.memo[key], budget_n, seed)
 
 
 _SF = (FEATURES,)

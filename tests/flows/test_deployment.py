@@ -1,9 +1,13 @@
 """The `smoke` deployment of prefect.yaml, end to end against a real Prefect server.
 
 Starts `prefect server start` on 127.0.0.1 inside the test, creates the process work pool,
-`prefect deploy`s `smoke` (pointed at a throwaway DVC project: the deployment's `workdir`
-parameter), triggers a run, runs one worker with `--run-once`, and checks that the flow run
-reached Completed and that its MLflow runs exist. The server is always killed at the end.
+`prefect deploy`s `smoke` exactly as prefect.yaml defines it, triggers a run and runs one worker
+with `--run-once`. The worker's checkout (SELFILTER_ROOT) is a fresh `git clone` of this
+repository's committed HEAD, so the real pipeline - every DVC stage of dvc.yaml, with
+profiles/smoke.yaml - runs there and never in the developer's working copy. The test checks that
+the flow run reached Completed, that reports/metrics.json holds a run for every method, and that
+the clone's MLflow store holds the parent run and one run per (method, budget, seed). The server
+is always killed at the end. About 3 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -21,12 +25,12 @@ import httpx
 import pytest
 import yaml
 
-from flow_fixtures import REPO, make_dvc_project, mlflow_runs
+from flow_fixtures import REPO, mlflow_runs
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = 90
-RUN_TIMEOUT_S = 420
+RUN_TIMEOUT_S = 900  # the whole smoke pipeline: ~3 min on 2 idle cores
 
 
 def _free_port() -> int:
@@ -44,6 +48,7 @@ def prefect_server(tmp_path_factory):
     for key in list(env):
         if key.startswith("PREFECT_"):
             env.pop(key)
+    env.pop("MLFLOW_TRACKING_URI", None)  # the clone's default store: <clone>/mlruns.db
     env.update(PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
                PREFECT_CLI_PROMPT="false", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
@@ -97,33 +102,79 @@ def test_prefect_yaml_defines_smoke_and_gpu_deployments():
     assert "prefect.deployments.steps.set_working_directory" in step
 
 
-def test_smoke_deployment_runs_to_completed_on_a_process_worker(prefect_server, tmp_path):
+def _clone_head(dest: Path) -> Path:
+    """A fresh clone of the repository's committed HEAD (uncommitted work is not in it)."""
+    proc = subprocess.run(["git", "clone", "-q", str(REPO), str(dest)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"git clone {REPO} failed:\n{proc.stderr}")
+    return dest
+
+
+def test_smoke_deployment_runs_the_real_pipeline_to_completed_on_a_process_worker(prefect_server, tmp_path):
     env = prefect_server
-    project = make_dvc_project(tmp_path / "project")
-    _cli(["work-pool", "create", "selfilter-cpu", "--type", "process"], env, REPO)
-    params = json.dumps({"workdir": str(project), "profile": "tiny"})
-    _cli(["deploy", "--name", "smoke", "--params", params, "--no-prompt"], env, REPO)
-    out = _cli(["deployment", "run", "selfilter-pipeline/smoke"], env, REPO)
+    clone = _clone_head(tmp_path / "selfilter")
+    _cli(["work-pool", "create", "selfilter-cpu", "--type", "process"], env, clone)
+    # The deployment as prefect.yaml defines it: profile smoke, workdir "." (the worker's checkout).
+    _cli(["deploy", "--name", "smoke", "--no-prompt"], env, clone)
+    out = _cli(["deployment", "run", "selfilter-pipeline/smoke"], env, clone)
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
     assert match, out
     run_id = match.group(1)
 
-    # The worker takes the run from its checkout (SELFILTER_ROOT, the pull step) and exits.
-    worker_env = dict(env, SELFILTER_ROOT=str(REPO))
-    worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "selfilter-cpu", "--run-once"],
-                            cwd=tmp_path, env=worker_env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    # The worker takes the run in its checkout (SELFILTER_ROOT, the pull step) and exits.
+    worker_env = dict(env, SELFILTER_ROOT=str(clone))
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "w") as log:
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "selfilter-cpu", "--run-once"],
+                                  cwd=tmp_path, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            worker.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)  # the worker, its flow run and the stage it runs
+            worker.wait(timeout=30)
+            pytest.fail(f"worker still running after {RUN_TIMEOUT_S} s:\n{worker_log.read_text()[-6000:]}")
     state = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10).json()["state"]
-    assert state["type"] == "COMPLETED", (f"flow run {run_id}: {state}\nworker:\n{worker.stdout[-4000:]}\n"
-                                          f"{worker.stderr[-4000:]}")
+    assert state["type"] == "COMPLETED", f"flow run {run_id}: {state}\nworker:\n{worker_log.read_text()[-8000:]}"
 
-    # The stages really ran in the project, under the profile, and MLflow holds the lineage.
-    assert (project / "reports" / "metrics.json").is_file()
-    assert yaml.safe_load((project / "params.yaml").read_text())["select"]["k"] == 5
-    runs = mlflow_runs(project)
+    # The smoke profile was applied in the clone, over its committed params.yaml.
+    params_text = (clone / "params.yaml").read_text()
+    assert params_text.startswith("# selfilter: generated by flows.pipeline") and "profiles/smoke.yaml" in params_text
+    params = yaml.safe_load(params_text)
+    smoke = yaml.safe_load((clone / "profiles" / "smoke.yaml").read_text())
+    assert params["data"]["shapes"]["pool_size"] == smoke["data"]["shapes"]["pool_size"]
+    methods = set(params["select"]["methods"])
+
+    # Every DVC stage ran for real: outputs exist and DVC finds nothing left to do.
+    for settings in params["stage1"]["settings"]:
+        assert (clone / "stage1" / settings / "difficulty.parquet").is_file()
+    for path in ("models/base/config.json", "features/clip.npy", "judge/ratings.parquet", "el2n/scores.parquet",
+                 "reports/comparison.md", "metrics/tracking.json"):
+        assert (clone / path).is_file(), path
+    for folder in ("selections", "runs", "evals"):
+        assert {p.name for p in (clone / folder).iterdir() if p.is_dir()} >= methods, folder
+    status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=clone, env=env, capture_output=True, text=True)
+    assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout + status.stderr
+
+    # reports/metrics.json: a run for every method, at the profile's budget(s) and seed(s).
+    report = json.loads((clone / "reports" / "metrics.json").read_text())
+    compared = {(r["method"], float(r["budget"]), int(r["seed"])) for r in report["runs"]}
+    assert {m for m, _, _ in compared} == methods
+    assert {s for _, _, s in compared} == set(params["select"]["seeds"])
+
+    # MLflow (the clone's mlruns.db): this flow run's parent, a run per stage, and one run per
+    # (method, budget, seed) with those params.
+    runs = mlflow_runs(clone)
     (parent,) = [r for r in runs if r.data.tags.get("prefect.flow_run_id") == run_id]
     assert parent.info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert {r.data.params.get("method") for r in children} >= {"random", "self_filter"}
+    stage_runs = {r.info.run_name for r in children if r.data.tags.get("selfilter.kind") == "stage"}
+    assert stage_runs >= {"prepare", "base", "features", "judge", "stage1", "el2n", "select", "finetune",
+                          "evaluate", "compare"}
+    tracked = {(r.data.params["method"], float(r.data.params["budget"]), int(r.data.params["seed"]))
+               for r in children if r.data.tags.get("selfilter.kind") == "comparison"}
+    assert tracked == compared
+
     artifacts = httpx.post(f"{env['PREFECT_API_URL']}/artifacts/filter", timeout=10,
                            json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
     assert {"selfilter-comparison", "selfilter-runs", "selfilter-params"} <= {a["key"] for a in artifacts}

@@ -538,6 +538,11 @@ def generate_pool(seed: int, pool_size: int, image_size: int = 32, max_objects: 
     for kind, category in tqdm(list(zip(kinds, cats)), desc="shapes pool", unit="sample", disable=not progress):
         objects = sample_split_scene(rng, image_size, rng.randint(1, max_objects), held_out=False)
         qas = sample_qas(objects, category, rng, wrong=kind == "wrong_answer", image_size=image_size)
+        for _ in range(20 if kind == "truncated" else 0):
+            # a one-character answer ("3") cannot be cut: redraw so truncation changes every answer
+            if all(len(a) >= 2 for _, a in qas):
+                break
+            qas = sample_qas(objects, category, rng, wrong=False, image_size=image_size)
         if kind == "low_information":
             qas = [(q, low_information_answer(category != "detail", rng)) for q, a in qas]
         elif kind == "truncated":

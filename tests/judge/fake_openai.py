@@ -79,3 +79,11 @@ class FakeOpenAI:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def rating_from_prompt(user: str) -> str:
+    """Reply with the rating the test planted in the conversation ("RATE=<text>")."""
+    import re
+
+    m = re.search(r"RATE=(\S+)", user)
+    return (m.group(1).replace("_", " ") if m else "7") + "\nBecause the test said so."

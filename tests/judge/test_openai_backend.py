@@ -69,8 +69,7 @@ def test_timeouts_are_retried_and_then_counted_as_failures(server, tmp_path):
 
 
 def test_concurrency_is_bounded(tmp_path):
-    from conftest import rating_from_prompt
-    from fake_openai import FakeOpenAI
+    from fake_openai import FakeOpenAI, rating_from_prompt
 
     with FakeOpenAI(rating_from_prompt, delay_s=0.05) as slow:
         judge_records(_records(*[str(i) for i in range(12)]), {}, _judge(slow, tmp_path, concurrency=3),

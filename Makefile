@@ -33,8 +33,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies
 
-run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro)
+run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro), then the calibration gate
 	$(BIN)/dvc repro
+	$(BIN)/selfilter calibration reports/calibration.json
 	@echo "Report: reports/comparison.md   MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1"
 
 test: $(STAMP)  ## run the test suite

@@ -68,5 +68,5 @@ def test_gpu_profile_is_the_papers_setting():
     assert p["judge"]["backend"] == "openai"
     assert set(p["evaluate"]["tasks"]) == {"mme", "pope", "mmbench_en_dev", "scienceqa_img", "textvqa_val",
                                            "llava_in_the_wild"}
-    for cfg in ("deepspeed-zero3.yaml", "fsdp.yaml"):
-        assert yaml.safe_load((REPO / "profiles" / "accelerate" / cfg).read_text())["mixed_precision"] == "bf16"
+    for cfg in ("zero3.yaml", "fsdp.yaml"):
+        assert yaml.safe_load((REPO / "configs" / "accelerate" / cfg).read_text())["mixed_precision"] == "bf16"

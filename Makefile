@@ -19,6 +19,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
+# this machine's pip config lists local mirrors that do not exist; hide its per-package warnings
+PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory'
+
 .PHONY: help setup run test smoke lock bench clean mlflow-ui
 
 help:  ## list the targets
@@ -26,8 +29,8 @@ help:  ## list the targets
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.lock
+	set -o pipefail; $(BIN)/python -m pip install -q --upgrade pip 2>&1 | ($(PIP_QUIET) || true)
+	set -o pipefail; $(BIN)/python -m pip install -q -r requirements.lock 2>&1 | ($(PIP_QUIET) || true)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfilter.config import ConfigError, load_params, load_section, parse_section
+from selfilter.config import ConfigError, load_section
 from selfilter.evaluation.config import EvaluateConfig
 from selfilter.evaluation.guard import EvaluationError
+from selfilter.selection.config import compared_methods
 from selfilter.io import file_digest, read_json, sidecar_path, write_json, write_sidecar
 
 
@@ -42,14 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output root: <method>/<run>/ per checkpoint")
 
 
-def _methods(args: argparse.Namespace) -> list[str]:
-    if args.methods:
-        return list(args.methods)
-    from selfilter.selection.config import SelectConfig
-
-    return list(parse_section(load_params(args.params), "select", SelectConfig, args.params).methods)
-
-
 def _run(args: argparse.Namespace) -> int:
     # Imported here so `--help` and argument errors stay instant.
     from selfilter.evaluation.bench import build_bench_datasets
@@ -57,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     from selfilter.evaluation.runner import Job, find_checkpoints, run_jobs
 
     cfg = load_section("evaluate", EvaluateConfig, args.params)
-    methods = _methods(args)
+    methods = compared_methods(args.params, args.methods)
     out = Path(args.out)
     settings_digest = _settings_digest(cfg, args.bench)
     checkpoints = {m: find_checkpoints(Path(args.runs) / m) for m in methods}

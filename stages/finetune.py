@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfilter.config import ConfigError, load_params, load_section, parse_section
+from selfilter.config import ConfigError, load_section
+from selfilter.selection.config import compared_methods
 from selfilter.training.config import FinetuneConfig
 
 log = logging.getLogger("finetune")
@@ -64,14 +65,6 @@ class _Job:
     @property
     def name(self) -> str:
         return f"{self.method}/{self.spec.name}"
-
-
-def _methods(args: argparse.Namespace) -> list[str]:
-    if args.methods:
-        return list(args.methods)
-    from selfilter.selection.config import SelectConfig
-
-    return list(parse_section(load_params(args.params), "select", SelectConfig, args.params).methods)
 
 
 def _plan(args, cfg, methods, out: Path) -> list[_Job]:
@@ -179,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
     from selfilter.training.loop import make_accelerator
 
     out = Path(args.out)
-    methods = _methods(args)
+    methods = compared_methods(args.params, args.methods)
     jobs = _plan(args, cfg, methods, out)
     if not jobs:
         log.info("all runs of %s up to date", ", ".join(methods))

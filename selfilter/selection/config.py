@@ -57,3 +57,12 @@ def budget_count(fraction: float, n_pool: int) -> int:
 def subset_dirname(budget: float, seed: int) -> str:
     """Folder of one selection under ``selections/<method>/``: ``b0.15_s0``, ``b1.0_s3``."""
     return f"b{float(budget)}_s{int(seed)}"
+
+
+def compared_methods(params_path, chosen: list[str] | None = None) -> list[str]:
+    """The methods a grid stage works on: ``chosen`` if given, else ``select.methods``."""
+    if chosen:
+        return list(chosen)
+    from selfilter.config import load_section
+
+    return list(load_section("select", SelectConfig, params_path).methods)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
-from selfilter.config import ConfigError, load_section
+from selfilter.config import load_section
+from stages._common import run_stage
 from selfilter.training.config import EL2NConfig
 
 log = logging.getLogger("el2n")
@@ -30,13 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
-    try:
-        return _run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:  # user errors: one line, no traceback
-        print(f"el2n: error: {e}", file=sys.stderr)
-        return 1
+    return run_stage("el2n", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -20,12 +20,12 @@ import argparse
 import logging
 import multiprocessing as mp
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from selfilter.config import ConfigError, load_section
+from stages._common import run_stage
 from selfilter.selection.config import compared_methods
 from selfilter.training.config import FinetuneConfig
 
@@ -46,13 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
-    try:
-        return _run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:  # user errors: one line, no traceback
-        print(f"finetune: error: {e}", file=sys.stderr)
-        return 1
+    return run_stage("finetune", _run, args)
 
 
 @dataclass

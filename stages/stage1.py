@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from selfilter.config import ConfigError, load_section
+from selfilter.config import load_section
+from stages._common import run_stage
 from selfilter.training.config import Stage1Config
 
 log = logging.getLogger("stage1")
@@ -38,13 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
-    try:
-        return _run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:  # user errors: one line, no traceback
-        print(f"stage1: error: {e}", file=sys.stderr)
-        return 1
+    return run_stage("stage1", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from selfilter.config import ConfigError
 
 
 def run_stage(name: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a training stage's body: INFO logs by module name, and user errors (bad params, bad
+    """Run a stage body: INFO logs by module name, and user errors (bad params, bad
     input files) as one ``<name>: error: ...`` line with exit 1 instead of a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise

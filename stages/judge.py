@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
 from selfilter.config import load_section
+from stages._common import run_stage
 from selfilter.data.records import load_records
 from selfilter.io import read_jsonl, write_json, write_parquet, write_sidecar
 from selfilter.judge import build_backend, judge_records
@@ -34,12 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one line, no traceback
-        print(f"judge: error: {e}", file=sys.stderr)
-        return 1
+    return run_stage("judge", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

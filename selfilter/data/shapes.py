@@ -380,6 +380,14 @@ QUESTION_TYPES: dict[str, Callable[[Sequence[Obj], random.Random], QA | None]] =
 CONVERSATION_TYPES = ("color", "shape", "size", "position", "count", "exist", "relation")
 REASONING_TYPES = ("count_where", "compare", "larger")
 VQA_TYPES = ("color", "shape", "size", "position", "relation", "count_where", "compare", "larger")
+# The answers each benchmark type cycles through (equal shares): the most-common-answer
+# baseline is then 1 / len(values), not whatever a small sample happened to favour.
+BENCH_ANSWERS: dict[str, tuple[str, ...]] = {
+    "color": tuple(COLORS), "shape": SHAPES, "size": SIZES,
+    "position": ("left", "right", "top", "bottom", "middle"),
+    "relation": ("yes", "no"), "count_where": ("0", "1", "2", "3"), "compare": ("yes", "no"),
+    "larger": ("yes", "no"),
+}
 
 
 def ask(objects: Sequence[Obj], rng: random.Random, qtypes: Sequence[str]) -> tuple[str, QA]:
@@ -617,12 +625,18 @@ def generate_bench(seed: int, image_size: int = 32, max_objects: int = 6, *, vqa
         return len(scenes) - 1, objs
 
     vqa_rows = []
+    seen: Counter = Counter()
     for i in range(vqa):
         qtype = VQA_TYPES[i % len(VQA_TYPES)]  # equal share of every type
-        while True:
+        values = BENCH_ANSWERS[qtype]
+        # answers cycle through the type's values: a few dozen questions per type would
+        # otherwise leave one answer frequent by chance, and "always say it" a strong baseline
+        target = values[seen[qtype] % len(values)]
+        seen[qtype] += 1
+        for attempt in range(10_000):
             idx, objs = new_scene()
             qa = QUESTION_TYPES[qtype](objs, rng)
-            if qa is not None:
+            if qa is not None and (qa[1] == target or attempt == 9_999):
                 break
             scenes.pop()
         vqa_rows.append({"question_id": f"vqa-{i:05d}", "image": bench_image(idx), "question": short(qa[0]),

@@ -49,6 +49,9 @@ class AlignParams(Section):
     lr: float = 2e-3
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     vision_feature_layer: int = -1          # a 2-layer tower's penultimate layer is too shallow
+    # Train the LM with the projector (LLaVA trains the projector only: its LM already reads
+    # anything put in its embedding space; a 0.4M-parameter LM pretrained on text alone does not)
+    tune_language_model: bool = False
     prompt: str = "Describe the image briefly."
 
 

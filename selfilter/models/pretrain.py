@@ -3,7 +3,10 @@
 1. CLIP trained contrastively on image/caption pairs (``train_clip``);
 2. a causal LM pretrained on the dataset's text (``pretrain_lm``);
 3. LLaVA's feature alignment: vision tower and LM frozen, only the projector trained to
-   caption images through the chat template (``align_projector``).
+   caption images through the chat template (``align_projector``); optionally the LM too
+   (``align.tune_language_model``, on by default for the tiny models: with the projector alone
+   the captions barely depend on the image - caption-token accuracy 0.718 with the true image
+   vs 0.709 with shuffled ones - and with the LM trained too 0.827 vs 0.699).
 
 Every function takes tensors / encoded samples and plain hyperparameters (no files), and a
 ``device``. Training uses AdamW, linear warmup then cosine decay, and gradient clipping:
@@ -151,13 +154,17 @@ def _to_device(batch: dict[str, torch.Tensor], device, dtype) -> dict[str, torch
 
 def align_projector(model, samples: Sequence[dict[str, torch.Tensor]], pad_token_id: int, *, epochs: int,
                     batch_size: int, lr: float, warmup_ratio: float = 0.1, max_grad_norm: float = 1.0,
-                    seed: int = 0, device: str | torch.device = "cpu", progress: bool = True) -> list[float]:
-    """LLaVA stage 1: train only the projector on image -> caption samples (``ChatEncoder``
-    outputs, answer tokens supervised). Everything else is frozen and left as it was."""
+                    seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
+                    tune_language_model: bool = False) -> list[float]:
+    """LLaVA stage 1: train the projector on image -> caption samples (``ChatEncoder`` outputs,
+    answer tokens supervised), and the language model too when ``tune_language_model``. The
+    vision tower (and otherwise the LM) is frozen and left as it was."""
     model.to(device).train()
     for p in model.parameters():
         p.requires_grad_(False)
     params = list(projector_of(model).parameters())
+    if tune_language_model:
+        params += list(model.get_decoder().parameters()) + list(model.get_output_embeddings().parameters())
     for p in params:
         p.requires_grad_(True)
     dtype = next(model.parameters()).dtype
@@ -295,7 +302,8 @@ def build_tiny_base(pairs: Sequence[tuple], texts: Sequence[str], probe_pairs: S
                    for im, cap in tqdm(pairs[:a.n_pairs], desc="encode", unit="pair", disable=not progress)]
         align_losses = align_projector(model, samples, encoder.pad_token_id, epochs=a.epochs,
                                        batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio,
-                                       max_grad_norm=clip_norm, seed=seed + 2, device=device, progress=progress)
+                                       max_grad_norm=clip_norm, seed=seed + 2, device=device, progress=progress,
+                                       tune_language_model=a.tune_language_model)
 
     with clock("probe"):
         metrics = probe_base(clip, clip_processor, model, processor, probe_pairs, questions,

@@ -197,6 +197,10 @@ def test_truncated_samples_never_have_an_empty_answer():
 def test_bench_answers_balanced_and_well_formed(files):
     vqa = jsonl(files["bench/vqa.jsonl"])
     assert Counter(r["qtype"] for r in vqa) == {t: 5 for t in S.VQA_TYPES}
+    for t in S.VQA_TYPES:  # answers cycle through the type's values: no answer is favoured
+        got = Counter(r["answer"] for r in vqa if r["qtype"] == t)
+        values = S.BENCH_ANSWERS[t]
+        assert set(got) <= set(values) and max(got.values()) == -(-5 // len(values)), (t, got)
     for r in vqa + jsonl(files["bench/pope.jsonl"]) + jsonl(files["bench/count.jsonl"]):
         assert r["question"].endswith("\nAnswer with a single word.")
         assert " " not in r["answer"]

@@ -107,3 +107,32 @@ def test_config_requires_a_pretrained_source():
         assert "pretrained.clip" in str(e)
     else:
         raise AssertionError("expected a ConfigError")
+
+
+def test_alignment_trains_the_lm_only_when_asked(tiny_llava_dir):
+    """Projector-only alignment (LLaVA's) leaves the LM as it was; ``tune_language_model``
+    trains it too; the vision tower is never touched."""
+    import copy
+
+    from selfilter.data.encode import ChatEncoder
+    from selfilter.models.pretrain import align_projector, caption_conversation
+    from PIL import Image
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir)
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
+    encoder = ChatEncoder(processor)
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    samples = [encoder.encode(caption_conversation("a red square", "Describe the image briefly."), image)] * 4
+
+    def changed(tune: bool) -> dict[str, bool]:
+        m = copy.deepcopy(model)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        align_projector(m, samples, encoder.pad_token_id, epochs=1, batch_size=2, lr=1e-2, progress=False,
+                        tune_language_model=tune)
+        after = m.state_dict()
+        parts = {"projector": "multi_modal_projector", "lm": "language_model", "vision": "vision_tower"}
+        return {name: any(not torch.equal(before[k], after[k]) for k in before if key in k)
+                for name, key in parts.items()}
+
+    assert changed(False) == {"projector": True, "lm": False, "vision": False}
+    assert changed(True) == {"projector": True, "lm": True, "vision": False}

@@ -114,9 +114,10 @@ def test_alignment_trains_the_lm_only_when_asked(tiny_llava_dir):
     trains it too; the vision tower is never touched."""
     import copy
 
+    from PIL import Image
+
     from selfilter.data.encode import ChatEncoder
     from selfilter.models.pretrain import align_projector, caption_conversation
-    from PIL import Image
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir)
     processor = AutoProcessor.from_pretrained(tiny_llava_dir)

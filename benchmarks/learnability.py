@@ -52,21 +52,18 @@ def make_training_set(types, single, *, n, turns, single_share, image_size, max_
 
 def make_eval_set(types, single, *, per_type, image_size, max_objects, seed):
     """``(qtype, question, answer, image)`` on held-out layouts; answers cycle through the
-    type's values where the benchmark defines them (as ``generate_bench`` does)."""
-    from selfilter.data.shapes import BENCH_ANSWERS, QUESTION_TYPES, render_scene, short
+    type's values as in the benchmark (``selfilter.data.shapes.balanced_question``)."""
+    from selfilter.data.shapes import balanced_question, render_scene, short
 
     rng = random.Random(f"{seed}:learnability:eval")
     rows = []
     for t in types:
-        values = BENCH_ANSWERS.get(t)
-        for i in range(per_type):
-            for attempt in range(10_000):
-                objs = _scene(rng, image_size, max_objects, single=t in single, held_out=True)
-                qa = QUESTION_TYPES[t](objs, rng)
-                if qa and (values is None or qa[1] == values[i % len(values)] or attempt == 9_999):
-                    break
-            if qa:
-                rows.append((t, short(qa[0]), qa[1], render_scene(objs, image_size)))
+        def draw(t=t):
+            return _scene(rng, image_size, max_objects, single=t in single, held_out=True)
+
+        for k in range(per_type):
+            objs, (question, answer) = balanced_question(t, k, draw, rng)
+            rows.append((t, short(question), answer, render_scene(objs, image_size)))
     return rows
 
 
@@ -100,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
 
     from selfilter.data.encode import ChatEncoder
-    from selfilter.evaluation.metrics import normalize_answer
     from selfilter.models.loading import load_vlm
+    from selfilter.models.pretrain import normalise_answer, short_answer_exact_match
     from selfilter.training.finetune import finetune
     from selfilter.training.loop import make_accelerator
 
@@ -116,27 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                       lr=a.lr, batch_size=a.batch_size, seed=a.seed, progress=True, group_by_length=False)
     train_s = time.perf_counter() - t0
 
-    model.eval()
-    tok = processor.tokenizer
-    hits, answers = Counter(), {t: Counter() for t in types}
-    for t, question, answer, image in make_eval_set(types, single, per_type=a.eval_per_type,
-                                                    image_size=a.image_size, max_objects=a.max_objects,
-                                                    seed=a.seed):
-        prompt = tok.apply_chat_template([{"role": "user", "content": f"<image>\n{question}"}],
-                                         add_generation_prompt=True, tokenize=False)
-        inputs = processor(images=[image], text=prompt, return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, eos_token_id=tok.eos_token_id,
-                                 pad_token_id=tok.pad_token_id)
-        pred = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        hits[t] += normalize_answer(pred) == normalize_answer(answer)
-        answers[t][answer] += 1
-    rows = {}
+    rows, evalset = {}, make_eval_set(types, single, per_type=a.eval_per_type, image_size=a.image_size,
+                                      max_objects=a.max_objects, seed=a.seed)
     for t in types:
-        n = sum(answers[t].values())
-        majority, count = answers[t].most_common(1)[0] if n else ("", 0)
-        rows[t] = {"accuracy": round(hits[t] / max(1, n), 3), "majority": round(count / max(1, n), 3),
-                   "majority_answer": majority, "n": n, "beats_majority": hits[t] > count}
+        qs = [(image, question, answer) for qt, question, answer, image in evalset if qt == t]
+        accuracy, _ = short_answer_exact_match(model, processor, qs, max_new_tokens=4, progress=False)
+        majority, count = Counter(normalise_answer(answer) for _, _, answer in qs).most_common(1)[0]
+        rows[t] = {"accuracy": round(accuracy, 3), "majority": round(count / len(qs), 3),
+                   "majority_answer": majority, "n": len(qs), "beats_majority": accuracy > count / len(qs)}
     report = {"base": a.base, "steps": steps, "train_s": round(train_s, 1),
               "final_loss": round(result.log[-1]["loss"], 4) if result.log else None,
               "args": vars(a), "types": rows}

@@ -402,6 +402,29 @@ def ask(objects: Sequence[Obj], rng: random.Random, qtypes: Sequence[str]) -> tu
     return "color", q_color(objects, rng)  # type: ignore[return-value]
 
 
+def balanced_question(qtype: str, k: int, draw_scene: Callable[[], list[Obj]], rng: random.Random,
+                      max_tries: int = 10_000) -> tuple[list[Obj], QA]:
+    """The ``k``-th benchmark question of ``qtype``: scenes from ``draw_scene`` until the question
+    has the answer ``BENCH_ANSWERS[qtype][k % len(values)]`` - answers cycle through the type's
+    values, since a few dozen questions per type would otherwise leave one answer frequent by
+    chance, and "always say it" a strong baseline. Types without listed values take the first
+    scene that supports them; after ``max_tries`` the first supported question is used."""
+    values = BENCH_ANSWERS.get(qtype)
+    target = values[k % len(values)] if values else None
+    first = None
+    for _ in range(max_tries):
+        objs = draw_scene()
+        qa = QUESTION_TYPES[qtype](objs, rng)
+        if qa is None:
+            continue
+        if target is None or qa[1] == target:
+            return objs, qa
+        first = first or (objs, qa)
+    if first is None:
+        raise RuntimeError(f"no scene supports a {qtype!r} question in {max_tries} draws")
+    return first
+
+
 def short(question: str) -> str:
     return f"{question}\n{SHORT_ANSWER}"
 
@@ -619,26 +642,19 @@ def generate_bench(seed: int, image_size: int = 32, max_objects: int = 6, *, vqa
     rng = random.Random(f"{seed}:bench")
     scenes: list[list[Obj]] = []
 
+    def draw_scene(n_objects: int | None = None) -> list[Obj]:
+        return sample_split_scene(rng, image_size, n_objects or rng.randint(1, max_objects), held_out=True)
+
     def new_scene(n_objects: int | None = None) -> tuple[int, list[Obj]]:
-        objs = sample_split_scene(rng, image_size, n_objects or rng.randint(1, max_objects), held_out=True)
-        scenes.append(objs)
-        return len(scenes) - 1, objs
+        scenes.append(draw_scene(n_objects))
+        return len(scenes) - 1, scenes[-1]
 
     vqa_rows = []
-    seen: Counter = Counter()
     for i in range(vqa):
         qtype = VQA_TYPES[i % len(VQA_TYPES)]  # equal share of every type
-        values = BENCH_ANSWERS[qtype]
-        # answers cycle through the type's values: a few dozen questions per type would
-        # otherwise leave one answer frequent by chance, and "always say it" a strong baseline
-        target = values[seen[qtype] % len(values)]
-        seen[qtype] += 1
-        for attempt in range(10_000):
-            idx, objs = new_scene()
-            qa = QUESTION_TYPES[qtype](objs, rng)
-            if qa is not None and (qa[1] == target or attempt == 9_999):
-                break
-            scenes.pop()
+        objs, qa = balanced_question(qtype, i // len(VQA_TYPES), draw_scene, rng)
+        scenes.append(objs)
+        idx = len(scenes) - 1
         vqa_rows.append({"question_id": f"vqa-{i:05d}", "image": bench_image(idx), "question": short(qa[0]),
                          "answer": qa[1], "qtype": qtype})
     pope_rows = []

@@ -22,13 +22,13 @@ unchanged) and floors penalised values at 0, so ``d*`` stays >= 0 and a penalty 
 Why the fast version is fast (N=158K, D=1,536, 25K picks: the reference costs ~N*D per pick).
 The neighbours of a pick depend only on the pick and on the picked set, so neighbour lists are
 needed only for samples that get picked, and they can be computed ahead, in blocks of the
-currently most difficult samples (one matrix product per block). That product runs in bfloat16
-(AMX/tensor cores: ~3x the float32 rate here) and only *shortlists*: every bf16 similarity comes
-with a rigorous error bound (quantisation error of each row measured exactly, fp32 accumulation
-and bf16 output rounding bounded), so a shortlist certifiably holds the exact top neighbours;
-the shortlisted candidates (a few dozen) are then scored with :func:`exact_cosine`. When a cached
-list no longer certifies its top-k (too many of it got picked since), it is recomputed against
-the current picked set, which always certifies.
+currently most difficult samples. A list is a *certified shortlist* (``neighbours.py``): candidates
+found in a fast precision or by scanning k-means cells, each computed similarity carrying a
+rigorous error bound, so the list provably holds every unpicked row that can be among the top
+k + slack; the few dozen candidates are then scored with :func:`exact_cosine`. When a cached list
+no longer certifies its top-k (too many of it got picked since), it is recomputed against the
+current picked set, which always certifies. Which index and precision run is chosen for the
+data and the machine (``neighbours.build_index``); the picks never depend on that choice.
 """
 from __future__ import annotations
 
@@ -40,13 +40,6 @@ from typing import Any
 import numpy as np
 
 PENALTIES = ("reference", "positive")
-
-# Unit roundoff of bfloat16 (8 significant bits) and of float32 accumulation.
-_U_BF16 = 2.0 ** -8
-_U_FP32 = 2.0 ** -24
-_U_OUT = _U_BF16 / (1 - _U_BF16) * (1 + 1e-6)  # bf16 output rounding, relative to the output
-# Slack for the fp32 normalisation of the shortlist copy against the float64 canonical value.
-_NORM_MARGIN = 1e-6
 _EXACT_CHUNK = 2048  # rows per chunk of whole-pool passes (bounded transient memory)
 
 
@@ -188,192 +181,27 @@ def reference_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int
 # The fast exact version
 
 
-class _NeighbourIndex:
-    """Certified top-neighbour shortlists from a bf16 copy of the normalised features."""
-
-    def __init__(self, features: Any, norms: np.ndarray, device: str, slack: int,
-                 show_progress: bool):
-        import torch
-
-        self.torch = torch
-        self.features = features
-        self.norms = norms
-        self.device = torch.device(device)
-        self.slack = slack
-        n, f = features.shape
-        self.n = n
-        self.xq = torch.empty((n, f), dtype=torch.bfloat16, device=self.device)
-        err = np.empty(n, dtype=np.float64)
-        qnorm = np.empty(n, dtype=np.float64)
-        self.safe_norms = np.where(norms > 0, norms, 1.0)
-        chunks = range(0, n, _EXACT_CHUNK)
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            chunks = tqdm(chunks, desc="bf16 index", unit="chunk", mininterval=1.0)
-        for s in chunks:
-            x = self._normalised(slice(s, s + _EXACT_CHUNK))
-            xb = x.to(torch.bfloat16)
-            back = xb.float()
-            # Quantisation error of each row, measured (not assumed); the fp32 evaluation of
-            # these norms is off by far less than the 1e-3 relative safety factor applied below.
-            err[s:s + x.shape[0]] = torch.linalg.vector_norm(x - back, dim=1).cpu().numpy()
-            qnorm[s:s + x.shape[0]] = torch.linalg.vector_norm(back, dim=1).cpu().numpy()
-            self.xq[s:s + x.shape[0]] = xb
-        # Rows of picked samples are zeroed in ``xq`` (see ``compute``); True once done.
-        self.zeroed = np.zeros(n, dtype=bool)
-        self.err = err * (1 + 1e-3)
-        qnorm = qnorm * (1 + 1e-3)
-        self.max_err = float(self.err.max()) if n else 0.0
-        self.max_qnorm = float(qnorm.max()) if n else 0.0
-        f_acc = f * _U_FP32 / (1 - f * _U_FP32)  # gamma_F: fp32 accumulation of F products
-
-        # Per-query additive bound on |bf16 product - canonical cosine| (before output rounding):
-        # |<x,y> - <x~,y~>| <= |e_x||y| + |x~||e_y|, |y| <= 1; plus accumulation and the fp32
-        # normalisation of the rows against the float64 canonical value.
-        self.query_err = (self.max_err + self.max_qnorm * self.err
-                          + f_acc * self.max_qnorm * qnorm + _NORM_MARGIN)
-
-    @staticmethod
-    def _lower(a: np.ndarray, err: np.ndarray) -> np.ndarray:
-        """Lower bound of the canonical cosine behind a bf16 product ``a``: rounding the fp32
-        accumulator s to bf16 errs by <= u|s| <= u/(1-u)|a|; monotone in ``a``."""
-        return a - (err + _U_OUT * np.abs(a))
-
-    def _normalised(self, rows):
-        """Rows (an index array or a slice) as float32 divided by their float32-rounded float64
-        norms, on the device: elementwise within ~2 ulp of the exact x/|x|, far inside
-        ``_NORM_MARGIN`` after a dot product."""
-        torch = self.torch
-        x = torch.from_numpy(np.array(self.features[rows], dtype=np.float32))  # a writable copy
-        nrm = torch.from_numpy(self.safe_norms[rows].astype(np.float32))
-        return (x / nrm[:, None]).to(self.device)
-
-    def compute(self, queries: np.ndarray, picked: np.ndarray, k: int,
-                exact_exclusion: bool = False) -> dict[int, tuple]:
-        """Shortlists for ``queries`` against the not-yet-``picked`` rows.
-
-        Returns ``{q: (rows, sims, threshold)}``: ``rows``/``sims`` sorted by exact similarity
-        descending (ties: lower index), and every unpicked row *not* in ``rows`` has an exact
-        similarity strictly below ``threshold`` (-inf: the list is complete).
-
-        Picked rows are zeroed in the bf16 copy (cheap, once per pick) instead of being masked
-        in every product: their product is then 0, which can only make the threshold higher
-        than needed (a list that certifies less often), never wrong. ``exact_exclusion`` masks
-        them to -inf instead (used when a list must certify: the recompute path).
-        """
-        torch = self.torch
-        want = k + self.slack
-        b = len(queries)
-        # Query vectors before zeroing: the current pick is among the queries.
-        y = self.xq[torch.from_numpy(queries).to(self.device)]
-        lost = queries[self.zeroed[queries]]
-        if lost.size:  # a zeroed query (recompute of a picked sample): re-encode it
-            pos = torch.from_numpy(np.flatnonzero(self.zeroed[queries])).to(self.device)
-            y[pos] = self._normalised(lost).to(torch.bfloat16)
-        pending = np.flatnonzero(picked & ~self.zeroed)
-        if pending.size:
-            self.xq[torch.from_numpy(pending).to(self.device)] = 0
-            self.zeroed[pending] = True
-        with _exact_bf16_reductions(torch, self.device):
-            a = y @ self.xq.T  # [b, N] bf16: one row of similarities per query
-        if exact_exclusion:
-            a.index_fill_(1, torch.from_numpy(np.flatnonzero(picked)).to(self.device), float("-inf"))
-        head, width = self._group_maxima(a, want)
-        v = head.float().topk(min(want, head.shape[1]), dim=1).values[:, -1].cpu().numpy().astype(np.float64)
-        if self.n - int(picked.sum()) < want:
-            v[:] = -np.inf  # fewer candidates than asked for: keep everything unpicked
-        err = self.query_err[queries]
-        lower = self._lower(v, err)
-        # Smallest a whose upper bound reaches the threshold: a + err + u'|a| >= T.
-        gap = lower - err
-        with np.errstate(invalid="ignore"):
-            cut = np.where(gap >= 0, gap / (1 + _U_OUT), gap / (1 - _U_OUT))
-        # Round the cut *down* to a bf16 value so the bf16 comparison never drops a candidate.
-        cut_t = torch.from_numpy(cut.astype(np.float32))
-        cut_b = cut_t.to(torch.bfloat16)
-        cut_b = torch.where(cut_b.float() > cut_t,
-                            torch.nextafter(cut_b, torch.full_like(cut_b, float("-inf"))), cut_b)
-        rows, cols = self._candidates(a, head, width, cut_b.to(self.device))
-        keep = ~picked[rows]
-        rows, cols = rows[keep], cols[keep]
-        sims = exact_cosine_pairs(self.features, self.norms, rows, queries[cols])
-        order = np.lexsort((rows, -sims, cols))  # per query: similarity desc, then index asc
-        rows, cols, sims = rows[order], cols[order], sims[order]
-        bounds = np.searchsorted(cols, np.arange(b + 1))
-        return {int(q): (rows[bounds[j]:bounds[j + 1]], sims[bounds[j]:bounds[j + 1]], float(lower[j]))
-                for j, q in enumerate(queries)}
-
-    def _group_maxima(self, a, m: int):
-        """Maxima of ``a``'s rows over G >= m contiguous groups (plus a remainder group).
-
-        The m-th largest group maximum is <= the m-th largest entry (m groups reach it, so m
-        distinct entries do); with many groups it is nearly that entry itself. One pass, far
-        cheaper than topk over N; the groups also localise the candidates (``_candidates``).
-        """
-        torch = self.torch
-        b, n = a.shape
-        groups = min(n, max(m, 1024))
-        width = n // groups
-        head = a[:, :groups * width].reshape(b, groups, width).amax(dim=2)
-        if groups * width < n:
-            head = torch.cat([head, a[:, groups * width:].amax(dim=1, keepdim=True)], dim=1)
-        return head, width
-
-    def _candidates(self, a, head, width: int, cut):
-        """(row, query) pairs with ``a >= cut[query]``, reading only groups whose max reaches it."""
-        torch = self.torch
-        b, n = a.shape
-        full = (n // width) * width
-        qi, gi = torch.nonzero(head >= cut[:, None], as_tuple=True)
-        tail = gi * width >= full  # the remainder group
-        rows, cols = [], []
-        if (~tail).any():
-            q, g = qi[~tail], gi[~tail]
-            block = a[:, :full].reshape(b, -1, width)[q, g]  # [P, width]
-            p, off = torch.nonzero(block >= cut[q][:, None], as_tuple=True)
-            rows.append(g[p] * width + off)
-            cols.append(q[p])
-        if tail.any():
-            q = qi[tail]
-            p, off = torch.nonzero(a[q, full:] >= cut[q][:, None], as_tuple=True)
-            rows.append(full + off)
-            cols.append(q[p])
-        if not rows:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        return torch.cat(rows).cpu().numpy(), torch.cat(cols).cpu().numpy()
-
-
-@contextlib.contextmanager
-def _exact_bf16_reductions(torch, device):
-    """On CUDA, forbid cuBLAS's reduced-precision (bf16) split-K reductions: the error bound
-    assumes fp32 accumulation."""
-    if device.type != "cuda":
-        yield
-        return
-    flag = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
-    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = flag
-
-
 def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int = 10,
                    gamma: float = 1.0, penalty: str = "reference", device: str = "cpu",
-                   block_size: int = 512, slack: int | None = None,
-                   show_progress: bool = False) -> GreedyResult:
-    """Self-Filter stage 2, fast and exact: the picks of :func:`reference_greedy`.
+                   backend: str = "auto", precision: str = "auto", block_size: int | None = None,
+                   slack: int | None = None, show_progress: bool = False) -> GreedyResult:
+    """Self-Filter stage 2, fast and exact: the picks and scores of :func:`reference_greedy`.
 
     difficulty: [N] (``-score`` of the stage-1 score net: higher = harder = picked first).
     features: [N, F] (any float dtype, need not be normalised; a memmap is fine); may be None
         when k_nearest is 0 (no penalty: hardest first).
     budget: number of picks. k_nearest, gamma: the penalty (reference defaults 10 and 1).
     penalty: "reference" (exact reference behaviour) or "positive" (see the module docstring).
-    device: torch device for the bf16 shortlisting ("cpu", "cuda", "cuda:1", ...).
-    block_size: neighbour lists computed per matrix product (memory: N * block_size * 2 bytes).
+    device: torch device of the neighbour search ("cpu", "cuda", "cuda:1", ...).
+    backend: "dense" (a product against the whole pool per block of queries), "clustered"
+        (k-means cells with certified radii; pays off on data with structure) or "auto" (probe).
+    precision: of the dense product: "bfloat16" (only fast where native), "float32", or "auto"
+        (bf16 where the CPU/GPU does it natively, measured; float32 otherwise).
+    block_size: neighbour lists computed together (default 512 dense, 64 clustered).
     slack: extra shortlist depth so cached lists survive later picks (default max(4, k // 2)).
     """
+    from selfilter.selection.neighbours import build_index
+
     cur = check_inputs(difficulty, features, budget, k_nearest, gamma, penalty).copy()
     floor = 0.0 if penalty == "positive" else None
     n = cur.shape[0]
@@ -382,12 +210,17 @@ def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int =
     idx = np.empty(budget, dtype=np.int64)
     scores = np.empty(budget, dtype=np.float64)
     picked = np.zeros(n, dtype=bool)
-    stats = {"implementation": "fast", "device": str(device), "blocks": 0, "lists": 0,
-             "recomputed": 0, "lists_unused": 0}
+    stats: dict[str, Any] = {"implementation": "fast", "device": str(device), "blocks": 0,
+                             "lists": 0, "recomputed": 0, "lists_unused": 0}
     index = None
     t0 = time.perf_counter()
     if k and budget:
-        index = _NeighbourIndex(features, row_norms(features), device, slack, show_progress)
+        index, info = build_index(features, row_norms(features), backend=backend,
+                                  precision=precision, device=device, k=k, slack=slack,
+                                  show_progress=show_progress)
+        stats.update(info)
+        if block_size is None:
+            block_size = 64 if info["backend"] == "clustered" else 512
     stats["seconds_index"] = time.perf_counter() - t0
     seconds_lists = 0.0
     cache: dict[int, tuple] = {}
@@ -405,17 +238,20 @@ def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int =
                 if entry is None:
                     t1 = time.perf_counter()
                     queries = _next_block(work, picked, cache, p, block_size)
-                    cache.update(index.compute(queries, picked, k))
+                    cache.update(index.compute(queries, picked, k, slack))
                     seconds_lists += time.perf_counter() - t1
                     stats["blocks"] += 1
                     stats["lists"] += len(queries)
                     entry = cache.pop(p)
                 rows, sims = _take(entry, picked, k)
                 if rows is None:  # the cached list lost its certificate: redo it against now
-                    entry = index.compute(np.array([p], dtype=np.int64), picked, k, exact_exclusion=True)[p]
+                    t1 = time.perf_counter()
+                    entry = index.compute(np.array([p], dtype=np.int64), picked, k, slack)[p]
+                    seconds_lists += time.perf_counter() - t1
                     stats["recomputed"] += 1
                     rows, sims = _take(entry, picked, k)
-                    assert rows is not None, "a fresh neighbour list must certify"
+                    if rows is None:
+                        raise AssertionError("a fresh neighbour list must certify its top k")
                 work[rows] -= dstar * (sims * sims) * gamma
                 if floor is not None:
                     work[rows] = np.maximum(work[rows], floor)
@@ -424,6 +260,8 @@ def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int =
     stats["lists_unused"] = len(cache)
     stats["seconds_lists"] = seconds_lists
     stats["seconds_total"] = time.perf_counter() - t0
+    if index is not None and hasattr(index, "scanned"):
+        stats["rows_scanned_per_list"] = index.scanned / max(1, index.queries)
     return GreedyResult(idx, scores, stats)
 
 

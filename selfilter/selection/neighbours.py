@@ -1,0 +1,528 @@
+"""Certified neighbour shortlists for Self-Filter stage 2 (used by ``greedy.diverse_greedy``).
+
+A shortlist for a query ``q`` is ``(rows, sims, threshold)``: ``rows`` are not-yet-picked
+samples sorted by their *canonical* (float64, ``greedy.exact_cosine``) similarity to ``q``,
+descending, ties to the lower index; ``sims`` are those canonical similarities; and every
+unpicked row that is *not* in ``rows`` has a canonical similarity strictly below ``threshold``
+(``-inf``: the list holds every unpicked row). The greedy loop then knows its k nearest
+unpicked neighbours exactly, whatever precision found the candidates.
+
+Two indexes find the candidates, both with a rigorous error bound on every similarity they
+compute, so nothing whose canonical similarity reaches the threshold is ever dropped:
+
+- ``DenseIndex``: one matrix product of a block of queries against the whole pool, in the
+  machine's fast precision (``precision``): bfloat16 where the CPU or GPU does it natively
+  (AVX512-BF16 / AMX / tensor cores, checked by timing a small product: a flag can be present
+  while the math library is limited to AVX2), float32 otherwise. The float32 path reads the
+  caller's float32 features in place (no copy) and scales by the inverse norms afterwards.
+- ``ClusteredIndex``: spherical k-means cells with a certified angular radius each. By the
+  triangle inequality on the sphere, no member of cell ``c`` is closer to ``q`` than
+  ``cos(max(0, angle(q, centre_c) - radius_c))``; cells are scanned best bound first and the
+  scan stops once no unscanned cell can reach the threshold. On data with structure (real CLIP
+  features, near-duplicates, clusters) a query touches a few cells instead of the pool.
+  Centre angles and radii are computed in float64; scanned members come from a float16 copy in
+  cell order (half the memory of float32) with each row's quantisation error measured.
+
+``choose_backend`` picks between them: ``auto`` builds the k-means cells on a sample first and
+keeps them only if a probe shows that queries would scan a small share of the pool.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("auto", "dense", "clustered")
+PRECISIONS = ("auto", "bfloat16", "float32")
+
+_U32 = 2.0 ** -24  # unit roundoff of float32
+_UNIT = {"float32": _U32, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
+# Slack for float64 rounding in norms, canonical cosines, arccos/cos (all ~1e-15), generously.
+_MARGIN = 1e-9
+_CHUNK = 2048  # rows per chunk of whole-pool passes (bounded transient memory)
+_SUB_BLOCK = 128  # queries per dense product: [128, N] float32 is 81 MB at N = 158K
+
+
+def _gamma(n: int, u: float = _U32) -> float:
+    """Higham's gamma_n: relative error bound of an n-term float dot product (any order)."""
+    return n * u / (1 - n * u)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision: bf16 only where it is native
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16(device: str = "cpu") -> bool:
+    """True if bfloat16 matrix products run natively (and faster than float32) on ``device``.
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the CPU must report AVX512-BF16 or AMX, *and*
+    a timed [256 x 1536] x [1536 x 8192] product must run at least 1.3x faster in bf16 than in
+    float32 - the flag alone is not enough (oneDNN may be capped at AVX2 by ONEDNN_MAX_CPU_ISA,
+    or a hypervisor may hide the unit), and an emulated bf16 product is ~20x slower.
+    """
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        return False
+    flags = _cpu_flags()
+    if not ({"avx512_bf16", "amx_bf16"} & flags):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 1536, generator=gen)
+    b = torch.randn(8192, 1536, generator=gen)
+
+    def best(x, y):
+        x @ y[:256].T  # warm-up (library initialisation, first-touch)
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            x @ y.T
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    t32 = best(a, b)
+    t16 = best(a.bfloat16(), b.bfloat16())
+    return t16 * 1.3 < t32
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if native_bf16(str(device)) else "float32"
+    return precision
+
+
+def cpu_description() -> str:
+    """The CPU model and the flags that decide the fast path, for benchmark reports."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = sorted(_cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile",
+                                   "avx512_vnni", "avx_vnni", "f16c", "fma"})
+    return f"{model or 'unknown CPU'} [{' '.join(flags)}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared: exact rescoring of candidates into shortlists
+
+
+def _lower(v: np.ndarray, err: np.ndarray, rel: float) -> np.ndarray:
+    """Lower bound of the canonical similarity behind a computed value ``v``:
+    |computed - canonical| <= err + rel * |computed|. Monotone increasing in ``v``."""
+    return v - (err + rel * np.abs(v))
+
+
+def _cut(lower: np.ndarray, err: np.ndarray, rel: float) -> np.ndarray:
+    """Smallest computed value whose *upper* bound ``a + err + rel |a|`` reaches ``lower``."""
+    gap = lower - err
+    with np.errstate(invalid="ignore"):
+        return np.where(gap >= 0, gap / (1 + rel), gap / (1 - rel))
+
+
+def finish(features: Any, norms: np.ndarray, queries: np.ndarray, rows: np.ndarray,
+           cols: np.ndarray, thresholds: np.ndarray, picked: np.ndarray) -> dict[int, tuple]:
+    """Score candidate pairs (``rows[i]`` for query ``queries[cols[i]]``) canonically and split
+    them into per-query shortlists sorted by (similarity desc, index asc)."""
+    from selfilter.selection.greedy import exact_cosine_pairs
+
+    keep = ~picked[rows]
+    rows, cols = rows[keep], cols[keep]
+    sims = exact_cosine_pairs(features, norms, rows, queries[cols])
+    order = np.lexsort((rows, -sims, cols))
+    rows, cols, sims = rows[order], cols[order], sims[order]
+    bounds = np.searchsorted(cols, np.arange(len(queries) + 1))
+    return {int(q): (rows[bounds[j]:bounds[j + 1]], sims[bounds[j]:bounds[j + 1]], float(thresholds[j]))
+            for j, q in enumerate(queries)}
+
+
+def _normalised_f32(features: Any, norms: np.ndarray, rows) -> np.ndarray:
+    """Rows as float32 unit vectors (float64 division, one rounding): within 2^-24 relative of
+    the exact x/|x| per element. Zero rows stay zero."""
+    x = np.asarray(features[rows], dtype=np.float64)
+    n = norms[rows]
+    return (x / np.where(n > 0, n, 1.0)[:, None]).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _exact_float_products(torch, device):
+    """On CUDA: float32 products in IEEE float32 (no TF32) and bf16 products with float32
+    reductions - the error bounds assume both."""
+    if device.type != "cuda":
+        yield
+        return
+    m = torch.backends.cuda.matmul
+    saved = (m.allow_tf32, m.allow_bf16_reduced_precision_reduction)
+    m.allow_tf32, m.allow_bf16_reduced_precision_reduction = False, False
+    try:
+        yield
+    finally:
+        m.allow_tf32, m.allow_bf16_reduced_precision_reduction = saved
+
+
+def _progress(items, show: bool, desc: str, unit: str):
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, mininterval=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense: one product per block of queries
+
+
+class DenseIndex:
+    """Shortlists from a product of the queries with every row, in ``precision``.
+
+    Error model (per query i, row j; ``x^`` the exact unit row, ``y^`` the exact unit query):
+    the stored row times its scale is ``x^_j + d_j`` with |d_j| <= ``row_err`` (measured for a
+    quantised copy; 2^-24 for the in-place float32 path, whose only error is the rounded inverse
+    norm); the query likewise ``y^_i + e_i``. Then the computed similarity ``a`` satisfies
+    |a - <y^, x^>| <= |d| + |e| + |d||e| + gamma_F (1 + |d|)(1 + |e|) + margin, plus the rounding
+    of the output (bf16) and of the scale multiply (float32), relative to |a|.
+    """
+
+    name = "dense"
+
+    def __init__(self, features: Any, norms: np.ndarray, *, precision: str, device: str = "cpu",
+                 show_progress: bool = False):
+        import torch
+
+        self.torch = torch
+        self.features, self.norms = features, norms
+        self.device = torch.device(device)
+        self.precision = precision
+        n, f = features.shape
+        self.n = n
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        self.dtype = dtype
+        in_place = (precision == "float32" and self.device.type == "cpu"
+                    and isinstance(features, np.ndarray) and features.dtype == np.float32
+                    and features.flags.c_contiguous)
+        if in_place:
+            # No copy: products on the raw rows, then times 1/|x| (rounded once in float32).
+            with warnings.catch_warnings():  # a read-only memmap is fine: it is only read
+                warnings.simplefilter("ignore", UserWarning)
+                self.mat = torch.from_numpy(features)
+            inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+            self.scale = torch.from_numpy(inv.astype(np.float32))
+            row_err = _U32 * (1 + 1e-6) if n else 0.0
+            self.mat_norm = 1.0 + row_err
+        else:
+            self.mat = torch.empty((n, f), dtype=dtype, device=self.device)
+            self.scale = None
+            errs = np.zeros(1)
+            qn = np.zeros(1)
+            chunks = _progress(range(0, n, _CHUNK), show_progress, f"{precision} index", "chunk")
+            for s in chunks:
+                x = torch.from_numpy(_normalised_f32(features, norms, slice(s, s + _CHUNK)))
+                xq = x.to(dtype)
+                back = xq.float()
+                # error of the stored row against the exact unit row: quantisation (measured,
+                # in float32: off by ~1e-7 relative) + the float32 normalisation (2^-24 per entry)
+                e = torch.linalg.vector_norm(x - back, dim=1).double().numpy() * (1 + 1e-3) + _U32
+                errs = np.maximum(errs, e.max(initial=0.0))
+                qn = np.maximum(qn, torch.linalg.vector_norm(back, dim=1).double().numpy().max(initial=0.0))
+                self.mat[s:s + x.shape[0]] = xq.to(self.device)
+            row_err = float(errs[0])
+            self.mat_norm = max(float(qn[0]) * (1 + 1e-3), 1.0 + row_err)
+        self.row_err = row_err
+        # Queries are encoded like rows (same precision), so their error is bounded the same way.
+        g = _gamma(f + 2)
+        self.err = (2 * row_err + row_err * row_err + g * self.mat_norm * self.mat_norm + _MARGIN)
+        self.rel = (_UNIT[precision] / (1 - _UNIT[precision]) if precision == "bfloat16" else 0.0)
+        if self.scale is not None:
+            self.rel += 2 * _U32  # the product is in float32, then scaled (one more rounding)
+        self.rel *= 1 + 1e-6
+
+    def _queries(self, queries: np.ndarray):
+        torch = self.torch
+        if self.scale is None:
+            return self.mat[torch.from_numpy(queries).to(self.device)]
+        return torch.from_numpy(_normalised_f32(self.features, self.norms, queries))
+
+    def compute(self, queries: np.ndarray, picked: np.ndarray, k: int, slack: int) -> dict[int, tuple]:
+        torch = self.torch
+        want = k + slack
+        remaining = self.n - int(picked.sum())
+        picked_idx = torch.from_numpy(np.flatnonzero(picked)).to(self.device)
+        all_rows, all_cols, lowers = [], [], []
+        y_all = self._queries(queries)
+        for s in range(0, len(queries), _SUB_BLOCK):
+            y = y_all[s:s + _SUB_BLOCK]
+            with _exact_float_products(torch, self.device):
+                a = y @ self.mat.T  # [b, N]
+            if self.scale is not None:
+                a.mul_(self.scale)
+            a.index_fill_(1, picked_idx, float("-inf"))
+            if remaining > want:
+                v = a.topk(want, dim=1, sorted=False).values.amin(dim=1).double().cpu().numpy()
+                lower = _lower(v, self.err, self.rel)
+                cut = _to_dtype_floor(torch, _cut(lower, self.err, self.rel), a.dtype).to(self.device)
+            else:  # fewer candidates than asked for: every unpicked row is listed
+                lower = np.full(y.shape[0], -np.inf)
+                cut = torch.full((y.shape[0],), float("-inf"), dtype=a.dtype, device=self.device)
+            q, r = torch.nonzero(a >= cut[:, None], as_tuple=True)
+            if remaining <= want:
+                keep = ~torch.isinf(a[q, r])
+                q, r = q[keep], r[keep]
+            all_rows.append(r.cpu().numpy())
+            all_cols.append(q.cpu().numpy() + s)
+            lowers.append(lower)
+        return finish(self.features, self.norms, queries, np.concatenate(all_rows).astype(np.int64),
+                      np.concatenate(all_cols).astype(np.int64), np.concatenate(lowers), picked)
+
+
+def _to_dtype_floor(torch, values: np.ndarray, dtype):
+    """``values`` in ``dtype``, rounded down (so a comparison in ``dtype`` never drops a
+    candidate whose value reaches the real cut)."""
+    t = torch.from_numpy(values.astype(np.float64))
+    d = t.to(dtype)
+    over = d.double() > t
+    if over.any():
+        d = torch.where(over, torch.nextafter(d, torch.full_like(d, float("-inf"))), d)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Clustered: k-means cells with certified radii
+
+
+def default_n_clusters(n: int) -> int:
+    return int(min(1024, max(8, round(2 * math.sqrt(max(n, 1))))))
+
+
+def spherical_kmeans(x, n_clusters: int, iters: int, seed: int, matmul_dtype):
+    """Lloyd's algorithm on unit rows (torch, float32 means); returns unit centres [C, F].
+
+    Quality only affects speed (how tight the cells are), never correctness."""
+    torch = __import__("torch")
+    n = x.shape[0]
+    gen = np.random.default_rng(seed)
+    centres = x[torch.from_numpy(np.sort(gen.choice(n, size=min(n_clusters, n), replace=False)))].clone()
+    xm = x.to(matmul_dtype)
+    for _ in range(iters):
+        assign = torch.cat([(xm[s:s + 8192] @ centres.to(matmul_dtype).T).float().argmax(dim=1)
+                            for s in range(0, n, 8192)])
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=centres.shape[0])
+        nrm = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
+        ok = (counts > 0) & (nrm[:, 0] > 0)
+        centres[ok] = sums[ok] / nrm[ok]  # an empty cell keeps its centre
+    return centres
+
+
+class ClusteredIndex:
+    """Shortlists by scanning k-means cells in order of their certified similarity bound."""
+
+    name = "clustered"
+
+    def __init__(self, features: Any, norms: np.ndarray, centres, *, precision: str,
+                 show_progress: bool = False):
+        import torch
+
+        self.torch = torch
+        self.features, self.norms = features, norms
+        n, f = features.shape
+        self.n = n
+        mm = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        centres_t = centres.to(mm)
+        # 1. assign every row to its most similar centre (fast precision: any assignment is
+        #    correct, only the radius computed below must be exact)
+        assign = np.empty(n, dtype=np.int64)
+        for s in _progress(range(0, n, _CHUNK), show_progress, "cells: assign", "chunk"):
+            x = torch.from_numpy(_normalised_f32(features, norms, slice(s, s + _CHUNK)))
+            assign[s:s + x.shape[0]] = (x.to(mm) @ centres_t.T).float().argmax(dim=1).numpy()
+        c = centres.shape[0]
+        self.centres64 = centres.double().numpy()
+        self.centres64 /= np.maximum(np.linalg.norm(self.centres64, axis=1, keepdims=True), 1e-300)
+        order = np.argsort(assign, kind="stable")
+        self.perm = order  # position in cell order -> row index
+        self.starts = np.searchsorted(assign[order], np.arange(c + 1))
+        # 2. members in cell order: a float16 copy (measured error per row), float64 radii
+        self.xs = np.empty((n, f), dtype=np.float16)
+        cos_min = np.full(c, np.inf)
+        row_err = 0.0
+        for s in _progress(range(0, n, _CHUNK), show_progress, "cells: radii", "chunk"):
+            rows = order[s:s + _CHUNK]
+            x64 = np.asarray(features[rows], dtype=np.float64)
+            nrm = norms[rows]
+            unit = x64 / np.where(nrm > 0, nrm, 1.0)[:, None]
+            x16 = unit.astype(np.float16)
+            self.xs[s:s + len(rows)] = x16
+            row_err = max(row_err, float(np.linalg.norm(unit - x16.astype(np.float64), axis=1).max(initial=0.0)))
+            cells = assign[rows]
+            cos = np.einsum("ij,ij->i", unit, self.centres64[cells])
+            cos = np.where(nrm > 0, cos, 0.0)  # a zero row has similarity 0 to everything
+            np.minimum.at(cos_min, cells, cos)
+        cos_min = np.clip(cos_min - 1e-12, -1.0, 1.0)  # float64 rounding of the cosines
+        self.radius = np.arccos(cos_min)  # inf -> empty cell: never scanned (nan handled below)
+        self.radius[~np.isfinite(self.radius)] = 0.0
+        self.empty = self.starts[1:] == self.starts[:-1]
+        # Scanned similarity: float16 row (error row_err, measured) . float32 unit query
+        # (error 2^-24 per entry), float32 accumulation.
+        g = _gamma(f + 2)
+        self.err = row_err + 2 * _U32 + g * (1 + row_err) * (1 + 2 * _U32) + _MARGIN
+        self.rel = 0.0
+        self.scanned = 0  # rows scanned, for the probe and the stats
+        self.queries = 0
+
+    def bounds(self, y64: np.ndarray) -> np.ndarray:
+        """[b, C] upper bounds of the canonical similarity of any member of each cell to each
+        (float64, unit) query."""
+        t = np.clip(y64 @ self.centres64.T + 1e-12, -1.0, 1.0)
+        ang = np.arccos(t) - self.radius[None, :] - 1e-9  # lower bound of the member angle
+        b = np.cos(np.maximum(ang, 0.0)) + _MARGIN
+        b[:, self.empty] = -np.inf
+        return b
+
+    def compute(self, queries: np.ndarray, picked: np.ndarray, k: int, slack: int) -> dict[int, tuple]:
+        torch = self.torch
+        want = k + slack
+        remaining = self.n - int(picked.sum())
+        y64 = np.asarray(self.features[queries], dtype=np.float64)
+        qn = self.norms[queries]
+        y64 = y64 / np.where(qn > 0, qn, 1.0)[:, None]
+        bounds = self.bounds(y64)
+        y32 = torch.from_numpy(y64.astype(np.float32))
+        picked_sorted = picked[self.perm]
+        all_rows, all_cols, lowers = [], [], np.empty(len(queries))
+        for j in range(len(queries)):
+            rows, lower = self._scan(y32[j], bounds[j], picked_sorted, want, remaining)
+            all_rows.append(rows)
+            all_cols.append(np.full(len(rows), j, dtype=np.int64))
+            lowers[j] = lower
+        self.queries += len(queries)
+        return finish(self.features, self.norms, queries, np.concatenate(all_rows),
+                      np.concatenate(all_cols), lowers, picked)
+
+    def _scan(self, y, bound: np.ndarray, picked_sorted: np.ndarray, want: int, remaining: int):
+        """Scan cells best bound first until no unscanned cell can reach the threshold; return
+        the candidate rows and the threshold (lower bound of the want-th best)."""
+        torch = self.torch
+        order = np.argsort(-bound, kind="stable")
+        done = 0  # cells of ``order`` scanned so far
+        vals, pos = [], []
+        lower = -np.inf
+        while done < len(order):
+            # scan the next cell, then every further cell whose bound still reaches the threshold
+            upto = done + 1
+            if np.isfinite(lower):
+                upto = max(upto, int(np.searchsorted(-bound[order], -lower, side="right")))
+            for c in order[done:upto]:
+                s, e = self.starts[c], self.starts[c + 1]
+                if s == e:
+                    continue
+                a = (torch.from_numpy(self.xs[s:e]).float() @ y).numpy().astype(np.float64)
+                a[picked_sorted[s:e]] = -np.inf
+                vals.append(a)
+                pos.append(np.arange(s, e))
+                self.scanned += e - s
+            done = upto
+            if remaining <= want:
+                continue  # every unpicked row is needed: scan everything
+            flat = np.concatenate(vals)
+            if flat.size >= want:
+                v = np.partition(flat, flat.size - want)[flat.size - want]
+                if np.isfinite(v):
+                    lower = float(_lower(np.array([v]), self.err, self.rel)[0])
+            if done < len(order) and np.isfinite(lower) and bound[order[done]] < lower:
+                break
+        if not vals:
+            return np.empty(0, dtype=np.int64), -np.inf
+        flat, where = np.concatenate(vals), np.concatenate(pos)
+        if remaining <= want or not np.isfinite(lower):
+            keep = np.isfinite(flat)
+            return self.perm[where[keep]], -np.inf
+        cut = float(_cut(np.array([lower]), self.err, self.rel)[0])
+        return self.perm[where[flat >= cut]], lower
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing
+
+
+def build_index(features: Any, norms: np.ndarray, *, backend: str = "auto", precision: str = "auto",
+                device: str = "cpu", k: int = 10, slack: int = 5, n_clusters: int | None = None,
+                seed: int = 0, show_progress: bool = False):
+    """The index for this data and machine, and a dict saying what was chosen and why."""
+    import torch
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    prec = resolve_precision(precision, device)
+    info: dict[str, Any] = {"precision": prec}
+    n = features.shape[0]
+    dev = torch.device(device)
+    if backend == "auto" and (dev.type != "cpu" or n < 20_000):
+        backend = "dense"  # a GPU's product over the pool is cheaper than any scan; small pools too
+        info["why"] = "gpu" if dev.type != "cpu" else "small pool"
+    if backend == "dense":
+        info["backend"] = "dense"
+        return DenseIndex(features, norms, precision=prec, device=device, show_progress=show_progress), info
+
+    c = int(n_clusters or default_n_clusters(n))
+    mm = torch.bfloat16 if prec == "bfloat16" else torch.float32
+    # k-means on a sample (seeded), then a probe: on the sample's own cells, what share of the
+    # sample would a query scan to certify its list (want scaled to the sample)?
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    m = min(n, max(16 * c, 4096))
+    sample = np.sort(rng.choice(n, size=m, replace=False))
+    xs = torch.from_numpy(_normalised_f32(features, norms, sample))
+    centres = spherical_kmeans(xs, c, iters=4, seed=seed, matmul_dtype=mm)
+    info.update(n_clusters=int(centres.shape[0]), seconds_kmeans=time.perf_counter() - t0)
+    if backend == "auto":
+        frac = _probe(features, norms, sample, xs, centres, k + slack, m / n, seed)
+        info["probe_scan_fraction"] = frac
+        if frac > 0.25:
+            info["backend"] = "dense"
+            info["why"] = f"probe: a query would scan {frac:.0%} of the pool"
+            return DenseIndex(features, norms, precision=prec, device=device, show_progress=show_progress), info
+        info["why"] = f"probe: a query would scan {frac:.1%} of the pool"
+    info["backend"] = "clustered"
+    return ClusteredIndex(features, norms, centres, precision=prec, show_progress=show_progress), info
+
+
+def _probe(features, norms, sample, xs, centres, want: int, share: float, seed: int) -> float:
+    """Mean share of the sample scanned by 32 sample queries against cells built on the sample."""
+    sub_norms = norms[sample]
+    sub = ClusteredIndex(xs.numpy(), np.where(sub_norms > 0, 1.0, 0.0), centres, precision="float32")
+    want_s = max(2, int(round(want * share)))
+    picked = np.zeros(len(sample), dtype=bool)
+    rng = np.random.default_rng(seed + 1)
+    qs = rng.choice(len(sample), size=min(32, len(sample)), replace=False)
+    y64 = xs[qs].double().numpy()
+    y64 /= np.maximum(np.linalg.norm(y64, axis=1, keepdims=True), 1e-300)
+    bounds = sub.bounds(y64)
+    y32 = sub.torch.from_numpy(y64.astype(np.float32))
+    for j in range(len(qs)):
+        sub._scan(y32[j], bounds[j], picked, want_s, len(sample))
+    return sub.scanned / (len(qs) * len(sample))

@@ -103,9 +103,13 @@ def row_norms(features: Any) -> np.ndarray:
     return out
 
 
-def exact_cosine(features: Any, norms: np.ndarray, rows: np.ndarray, q: int) -> np.ndarray:
-    """Canonical cosine of ``features[rows]`` to ``features[q]`` in float64."""
-    return exact_cosine_pairs(features, norms, rows, np.full(len(rows), q, dtype=np.int64))
+def exact_cosine(features: Any, norms: np.ndarray, rows: Any, q: int) -> np.ndarray:
+    """Canonical cosine of ``features[rows]`` (an index array or a slice) to ``features[q]``,
+    float64. The query row is broadcast, not copied: the per-row reduction is the same one
+    :func:`exact_cosine_pairs` runs (the tests compare the two bit for bit)."""
+    x = np.asarray(features[rows], dtype=np.float64)
+    y = np.asarray(features[q], dtype=np.float64)
+    return _divide(np.einsum("ij,ij->i", x, np.broadcast_to(y, x.shape)), norms[rows] * norms[q])
 
 
 def exact_cosine_pairs(features: Any, norms: np.ndarray, rows: np.ndarray, qs: np.ndarray) -> np.ndarray:
@@ -120,11 +124,14 @@ def exact_cosine_pairs(features: Any, norms: np.ndarray, rows: np.ndarray, qs: n
         r, q = rows[s:s + _EXACT_CHUNK], qs[s:s + _EXACT_CHUNK]
         x = np.asarray(features[r], dtype=np.float64)
         y = np.asarray(features[q], dtype=np.float64)
-        dots = np.einsum("ij,ij->i", x, y)
-        den = norms[r] * norms[q]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[s:s + len(r)] = np.where(den > 0, dots / np.where(den > 0, den, 1.0), 0.0)
+        out[s:s + len(r)] = _divide(np.einsum("ij,ij->i", x, y), norms[r] * norms[q])
     return out
+
+
+def _divide(dots: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """dots / den, with similarity 0 where a row is zero."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, dots / np.where(den > 0, den, 1.0), 0.0)
 
 
 def _progress(total: int, show: bool, desc: str):
@@ -150,7 +157,6 @@ def reference_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int
     picked = np.zeros(n, dtype=bool)
     idx = np.empty(budget, dtype=np.int64)
     scores = np.empty(budget, dtype=np.float64)
-    every = np.arange(n)
     with _progress(budget, show_progress, "select (reference)") as bar:
         for r in range(budget):
             masked = np.where(picked, -np.inf, cur)
@@ -159,7 +165,7 @@ def reference_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int
             idx[r], scores[r] = p, dstar
             picked[p] = True
             if k_nearest:
-                sims = np.concatenate([exact_cosine(features, norms, every[s:s + _EXACT_CHUNK], p)
+                sims = np.concatenate([exact_cosine(features, norms, slice(s, s + _EXACT_CHUNK), p)
                                        for s in range(0, n, _EXACT_CHUNK)])
                 order = np.argsort(-sims, kind="stable")  # equal similarity -> lower index first
                 taken = 0

@@ -36,7 +36,32 @@ ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY
 
 
 def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB
+    """Peak RSS since the last :func:`_reset_peak` (Linux VmHWM), else since start."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e6  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB
+
+
+def _current_rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1e6
+    return float("nan")
+
+
+def _reset_peak() -> None:
+    """Reset the peak-RSS mark so it measures the selection only (Linux: clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _cpu() -> float:
@@ -151,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         out["bfloat16_gflops"] = round(r16 / 1e9, 1)
         out["machine_bound_float32_s"] = round(args.budget * args.n * args.d * 2 / r32, 1)
 
+    import gc
+
+    gc.collect()
+    out["rss_before_select_gb"] = round(_current_rss_gb(), 3)  # features + runtime
+    _reset_peak()
     w0, c0 = time.perf_counter(), _cpu()
     fast = diverse_greedy(difficulty, features, args.budget, args.k, device=args.device,
                           backend=args.backend, precision=args.precision,

@@ -129,7 +129,8 @@ def _run(args: argparse.Namespace) -> int:
     inputs = build_inputs(args, method, records)
     digests = {name: {"path": str(p), "sha256": file_digest(p)} for name, p in input_paths(args, method).items()}
     options = reg.SelectOptions(k_nearest=cfg.k_nearest, gamma=cfg.gamma, penalty=cfg.penalty,
-                                device=cfg.device, n_clusters=cfg.n_clusters,
+                                device=cfg.device, backend=cfg.backend, precision=cfg.precision,
+                                n_clusters=cfg.n_clusters,
                                 show_progress=not args.no_progress)
     out = Path(args.out)
     budgets = method.budgets or tuple(cfg.budgets)

@@ -19,6 +19,8 @@ class SelectConfig(Section):
     gamma: float = 1.0  # Self-Filter penalty strength
     penalty: Literal["reference", "positive"] = "reference"
     device: str = "cpu"  # torch device for Self-Filter's neighbour search
+    backend: Literal["auto", "dense", "clustered"] = "auto"  # neighbour index (picks never depend on it)
+    precision: Literal["auto", "bfloat16", "float32"] = "auto"  # dense product: bf16 only where native
     n_clusters: int = Field(default=100, ge=1)  # prototypicality: k-means clusters
 
     @field_validator("budgets")

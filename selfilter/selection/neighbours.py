@@ -45,7 +45,7 @@ _UNIT = {"float32": _U32, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
 # Slack for float64 rounding in norms, canonical cosines, arccos/cos (all ~1e-15), generously.
 _MARGIN = 1e-9
 _CHUNK = 2048  # rows per chunk of whole-pool passes (bounded transient memory)
-_SUB_BLOCK = 128  # queries per dense product: [128, N] float32 is 81 MB at N = 158K
+_SUB_BLOCK_BYTES = 0.25  # a dense sub-product [b, N] may take this share of the features' bytes
 
 
 def _gamma(n: int, u: float = _U32) -> float:
@@ -62,7 +62,7 @@ def native_bf16(device: str = "cpu") -> bool:
     """True if bfloat16 matrix products run natively (and faster than float32) on ``device``.
 
     CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the CPU must report AVX512-BF16 or AMX, *and*
-    a timed [256 x 1536] x [1536 x 8192] product must run at least 1.3x faster in bf16 than in
+    a timed [128 x 1536] x [1536 x 4096] product must run at least 1.3x faster in bf16 than in
     float32 - the flag alone is not enough (oneDNN may be capped at AVX2 by ONEDNN_MAX_CPU_ISA,
     or a hypervisor may hide the unit), and an emulated bf16 product is ~20x slower.
     """
@@ -77,21 +77,20 @@ def native_bf16(device: str = "cpu") -> bool:
     if not ({"avx512_bf16", "amx_bf16"} & flags):
         return False
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(256, 1536, generator=gen)
-    b = torch.randn(8192, 1536, generator=gen)
+    a = torch.randn(128, 1536, generator=gen)
+    b = torch.randn(4096, 1536, generator=gen)
 
-    def best(x, y):
-        x @ y[:256].T  # warm-up (library initialisation, first-touch)
-        times = []
-        for _ in range(3):
+    def timed(x, y, reps):
+        x @ y[:128].T  # warm-up (library initialisation, first touch)
+        best = float("inf")
+        for _ in range(reps):
             t = time.perf_counter()
             x @ y.T
-            times.append(time.perf_counter() - t)
-        return min(times)
+            best = min(best, time.perf_counter() - t)
+        return best
 
-    t32 = best(a, b)
-    t16 = best(a.bfloat16(), b.bfloat16())
-    return t16 * 1.3 < t32
+    t32 = timed(a, b, 3)
+    return timed(a.bfloat16(), b.bfloat16(), 2) * 1.3 < t32
 
 
 def _cpu_flags() -> set[str]:
@@ -186,18 +185,6 @@ def _exact_float_products(torch, device):
         m.allow_tf32, m.allow_bf16_reduced_precision_reduction = saved
 
 
-@contextlib.contextmanager
-def _single_thread(torch):
-    """Small tensor ops (one cell of a few hundred rows) run ~40x faster on one thread than on
-    a pool whose threads must be woken for each op, the more so on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _progress(items, show: bool, desc: str, unit: str):
     if not show:
         return items
@@ -266,6 +253,10 @@ class DenseIndex:
             row_err = float(errs[0])
             self.mat_norm = max(float(qn[0]) * (1 + 1e-3), 1.0 + row_err)
         self.row_err = row_err
+        # Queries per product: larger runs the product faster (512: ~15% over 128 on 2 cores),
+        # smaller bounds the transient [b, N] result (kept to a quarter of the features' bytes).
+        itemsize = np.dtype(getattr(features, "dtype", np.float32)).itemsize
+        self.sub_block = int(np.clip(_SUB_BLOCK_BYTES * f * itemsize / 4, 64, 512))
         # Queries are encoded like rows (same precision), so their error is bounded the same way.
         g = _gamma(f + 2)
         self.err = (2 * row_err + row_err * row_err + g * self.mat_norm * self.mat_norm + _MARGIN)
@@ -287,8 +278,8 @@ class DenseIndex:
         picked_idx = torch.from_numpy(np.flatnonzero(picked)).to(self.device)
         all_rows, all_cols, lowers = [], [], []
         y_all = self._queries(queries)
-        for s in range(0, len(queries), _SUB_BLOCK):
-            y = y_all[s:s + _SUB_BLOCK]
+        for s in range(0, len(queries), self.sub_block):
+            y = y_all[s:s + self.sub_block]
             with _exact_float_products(torch, self.device):
                 a = y @ self.mat.T  # [b, N]
             if self.scale is not None:
@@ -352,7 +343,13 @@ def spherical_kmeans(x, n_clusters: int, iters: int, seed: int, matmul_dtype):
 
 
 class ClusteredIndex:
-    """Shortlists by scanning k-means cells in order of their certified similarity bound."""
+    """Shortlists by scanning k-means cells in order of their certified similarity bound.
+
+    Scanned rows are scored canonically right away (``exact_cosine`` on the caller's features,
+    gathered per cell): no copy of the features, no error band around the threshold. Only the
+    cell bounds need care: centre cosines are float32 products with their error bound, radii
+    are float64.
+    """
 
     name = "clustered"
 
@@ -365,49 +362,32 @@ class ClusteredIndex:
         n, f = features.shape
         self.n = n
         mm = torch.bfloat16 if precision == "bfloat16" else torch.float32
-        centres_t = centres.to(mm)
-        # 1. assign every row to its most similar centre (fast precision: any assignment is
-        #    correct, only the radius computed below must be exact)
-        assign = np.empty(n, dtype=np.int64)
-        for s in _progress(range(0, n, _CHUNK), show_progress, "cells: assign", "chunk"):
-            x = torch.from_numpy(_normalised_f32(features, norms, slice(s, s + _CHUNK)))
-            assign[s:s + x.shape[0]] = (x.to(mm) @ centres_t.T).float().argmax(dim=1).numpy()
         c = centres.shape[0]
-        self.centres64 = centres.double().numpy()
-        self.centres64 /= np.maximum(np.linalg.norm(self.centres64, axis=1, keepdims=True), 1e-300)
-        self.centres32 = torch.from_numpy(self.centres64.astype(np.float32))
+        centres64 = centres.double().numpy()
+        centres64 /= np.maximum(np.linalg.norm(centres64, axis=1, keepdims=True), 1e-300)
+        self.centres32 = torch.from_numpy(centres64.astype(np.float32))
         # query-centre cosines in float32: unit query and centre each within 2^-24 per entry of
         # their float64 values, float32 accumulation
         self.err_centre = _gamma(f + 2) * 1.01 + 2 * _U32 + _MARGIN
-        order = np.argsort(assign, kind="stable")
-        self.perm = order  # position in cell order -> row index
-        self.starts = np.searchsorted(assign[order], np.arange(c + 1))
-        # 2. members in cell order: a float16 copy (measured error per row), float64 radii
-        self.xs = np.empty((n, f), dtype=np.float16)
+        # One pass: assign each row to its most similar centre (fast precision: any assignment
+        # is correct) and measure its float64 cosine to that centre (the radius must be exact).
+        assign = np.empty(n, dtype=np.int64)
         cos_min = np.full(c, np.inf)
-        row_err = 0.0
-        for s in _progress(range(0, n, _CHUNK), show_progress, "cells: radii", "chunk"):
-            rows = order[s:s + _CHUNK]
-            x64 = np.asarray(features[rows], dtype=np.float64)
-            nrm = norms[rows]
+        centres_mm = centres.to(mm)
+        for s in _progress(range(0, n, _CHUNK), show_progress, "cells", "chunk"):
+            x64 = np.asarray(features[s:s + _CHUNK], dtype=np.float64)
+            nrm = norms[s:s + _CHUNK]
             unit = x64 / np.where(nrm > 0, nrm, 1.0)[:, None]
-            x16 = unit.astype(np.float16)
-            self.xs[s:s + len(rows)] = x16
-            row_err = max(row_err, float(np.linalg.norm(unit - x16.astype(np.float64), axis=1).max(initial=0.0)))
-            cells = assign[rows]
-            cos = np.einsum("ij,ij->i", unit, self.centres64[cells])
-            cos = np.where(nrm > 0, cos, 0.0)  # a zero row has similarity 0 to everything
-            np.minimum.at(cos_min, cells, cos)
-        cos_min = np.clip(cos_min - 1e-12, -1.0, 1.0)  # float64 rounding of the cosines
-        self.radius = np.arccos(cos_min)  # inf -> empty cell: never scanned (nan handled below)
-        self.radius[~np.isfinite(self.radius)] = 0.0
+            cells = (torch.from_numpy(unit.astype(np.float32)).to(mm) @ centres_mm.T).float().argmax(dim=1).numpy()
+            assign[s:s + len(cells)] = cells
+            cos = np.einsum("ij,ij->i", unit, centres64[cells])
+            np.minimum.at(cos_min, cells, np.where(nrm > 0, cos, 0.0))  # a zero row: similarity 0
+        self.perm = np.argsort(assign, kind="stable")  # rows in cell order
+        self.starts = np.searchsorted(assign[self.perm], np.arange(c + 1))
         self.empty = self.starts[1:] == self.starts[:-1]
-        # Scanned similarity: float16 row (error row_err, measured) . float32 unit query
-        # (error 2^-24 per entry), float32 accumulation.
-        g = _gamma(f + 2)
-        self.err = row_err + 2 * _U32 + g * (1 + row_err) * (1 + 2 * _U32) + _MARGIN
-        self.rel = 0.0
-        self.scanned = 0  # rows scanned, for the probe and the stats
+        cos_min = np.clip(cos_min - 1e-12, -1.0, 1.0)  # float64 rounding of the cosines
+        self.radius = np.where(self.empty, 0.0, np.arccos(np.where(self.empty, 1.0, cos_min)))
+        self.scanned = 0  # rows scanned (stats, probe)
         self.queries = 0
 
     def bounds(self, y64: np.ndarray) -> np.ndarray:
@@ -423,66 +403,55 @@ class ClusteredIndex:
         return b
 
     def compute(self, queries: np.ndarray, picked: np.ndarray, k: int, slack: int) -> dict[int, tuple]:
-        torch = self.torch
         want = k + slack
         remaining = self.n - int(picked.sum())
         y64 = np.asarray(self.features[queries], dtype=np.float64)
         qn = self.norms[queries]
-        y64 = y64 / np.where(qn > 0, qn, 1.0)[:, None]
-        bounds = self.bounds(y64)
-        y32 = torch.from_numpy(y64.astype(np.float32))
-        picked_sorted = picked[self.perm]
-        all_rows, all_cols, lowers = [], [], np.empty(len(queries))
-        with _single_thread(torch):
-            for j in range(len(queries)):
-                rows, lower = self._scan(y32[j], bounds[j], picked_sorted, want, remaining)
-                all_rows.append(rows)
-                all_cols.append(np.full(len(rows), j, dtype=np.int64))
-                lowers[j] = lower
+        bounds = self.bounds(y64 / np.where(qn > 0, qn, 1.0)[:, None])
+        out = {}
+        for j, q in enumerate(queries):
+            out[int(q)] = self._scan(int(q), bounds[j], picked, want, remaining)
         self.queries += len(queries)
-        return finish(self.features, self.norms, queries, np.concatenate(all_rows),
-                      np.concatenate(all_cols), lowers, picked)
+        return out
 
-    def _scan(self, y, bound: np.ndarray, picked_sorted: np.ndarray, want: int, remaining: int):
-        """Scan cells best bound first until no unscanned cell can reach the threshold; return
-        the candidate rows and the threshold (lower bound of the want-th best)."""
-        torch = self.torch
+    def _scan(self, q: int, bound: np.ndarray, picked: np.ndarray, want: int, remaining: int) -> tuple:
+        """Scan cells best bound first until no unscanned cell can reach the want-th best
+        similarity found; return the shortlist (rows, sims, threshold)."""
+        from selfilter.selection.greedy import exact_cosine
+
         order = np.argsort(-bound, kind="stable")
+        neg_sorted = -bound[order]
         done = 0  # cells of ``order`` scanned so far
-        vals, pos = [], []
-        lower = -np.inf
+        rows_l, sims_l = [], []
+        count = 0
+        threshold = -np.inf
         while done < len(order):
-            # scan the next cell, then every further cell whose bound still reaches the threshold
+            # the next cell, plus every further cell whose bound still reaches the threshold
             upto = done + 1
-            if np.isfinite(lower):
-                upto = max(upto, int(np.searchsorted(-bound[order], -lower, side="right")))
-            for c in order[done:upto]:
-                s, e = self.starts[c], self.starts[c + 1]
-                if s == e:
-                    continue
-                a = (torch.from_numpy(self.xs[s:e]).float() @ y).numpy().astype(np.float64)
-                a[picked_sorted[s:e]] = -np.inf
-                vals.append(a)
-                pos.append(np.arange(s, e))
-                self.scanned += e - s
+            if np.isfinite(threshold):
+                upto = max(upto, int(np.searchsorted(neg_sorted, -threshold, side="right")))
+            rows = np.concatenate([self.perm[self.starts[c]:self.starts[c + 1]] for c in order[done:upto]])
             done = upto
-            if remaining <= want:
-                continue  # every unpicked row is needed: scan everything
-            flat = np.concatenate(vals)
-            if flat.size >= want:
-                v = np.partition(flat, flat.size - want)[flat.size - want]
-                if np.isfinite(v):
-                    lower = float(_lower(np.array([v]), self.err, self.rel)[0])
-            if done < len(order) and np.isfinite(lower) and bound[order[done]] < lower:
+            rows = rows[~picked[rows]]
+            self.scanned += len(rows)
+            if rows.size:
+                rows_l.append(rows)
+                sims_l.append(exact_cosine(self.features, self.norms, rows, q))
+                count += rows.size
+            if remaining <= want or count < want:
+                continue  # not enough candidates yet to set a threshold
+            flat = np.concatenate(sims_l) if len(sims_l) > 1 else sims_l[0]
+            threshold = float(np.partition(flat, flat.size - want)[flat.size - want])
+            if done < len(order) and -neg_sorted[done] < threshold:
                 break
-        if not vals:
-            return np.empty(0, dtype=np.int64), -np.inf
-        flat, where = np.concatenate(vals), np.concatenate(pos)
-        if remaining <= want or not np.isfinite(lower):
-            keep = np.isfinite(flat)
-            return self.perm[where[keep]], -np.inf
-        cut = float(_cut(np.array([lower]), self.err, self.rel)[0])
-        return self.perm[where[flat >= cut]], lower
+        if not rows_l:
+            return np.empty(0, dtype=np.int64), np.empty(0), -np.inf
+        rows, sims = np.concatenate(rows_l), np.concatenate(sims_l)
+        if np.isfinite(threshold):
+            keep = sims >= threshold
+            rows, sims = rows[keep], sims[keep]
+        order = np.lexsort((rows, -sims))
+        return rows[order], sims[order], threshold
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,17 +502,10 @@ def build_index(features: Any, norms: np.ndarray, *, backend: str = "auto", prec
 
 def _probe(features, norms, sample, xs, centres, want: int, share: float, seed: int) -> float:
     """Mean share of the sample scanned by 32 sample queries against cells built on the sample."""
-    sub_norms = norms[sample]
-    sub = ClusteredIndex(xs.numpy(), np.where(sub_norms > 0, 1.0, 0.0), centres, precision="float32")
+    unit = xs.numpy()
+    sub = ClusteredIndex(unit, np.linalg.norm(unit.astype(np.float64), axis=1), centres, precision="float32")
     want_s = max(2, int(round(want * share)))
-    picked = np.zeros(len(sample), dtype=bool)
     rng = np.random.default_rng(seed + 1)
     qs = rng.choice(len(sample), size=min(32, len(sample)), replace=False)
-    y64 = xs[qs].double().numpy()
-    y64 /= np.maximum(np.linalg.norm(y64, axis=1, keepdims=True), 1e-300)
-    bounds = sub.bounds(y64)
-    y32 = sub.torch.from_numpy(y64.astype(np.float32))
-    with _single_thread(sub.torch):
-        for j in range(len(qs)):
-            sub._scan(y32[j], bounds[j], picked, want_s, len(sample))
+    sub.compute(qs, np.zeros(len(sample), dtype=bool), want_s, 0)
     return sub.scanned / (len(qs) * len(sample))

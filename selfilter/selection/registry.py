@@ -73,6 +73,8 @@ class SelectOptions:
     gamma: float = 1.0
     penalty: str = "reference"
     device: str = "cpu"
+    backend: str = "auto"
+    precision: str = "auto"
     n_clusters: int = 100
     show_progress: bool = False
 
@@ -105,7 +107,8 @@ def _self_filter(difficulty_input: str, *, no_div: bool = False, easiest: bool =
         features = None if no_div else inputs.get(FEATURES)
         res = diverse_greedy(d, features, budget_n,
                              k_nearest=0 if no_div else o.k_nearest, gamma=o.gamma,
-                             penalty=o.penalty, device=o.device, show_progress=o.show_progress)
+                             penalty=o.penalty, device=o.device, backend=o.backend,
+                             precision=o.precision, show_progress=o.show_progress)
         return Picked(res.indices, res.scores)
 
     return select

@@ -226,7 +226,7 @@ def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int =
                                   show_progress=show_progress)
         stats.update(info)
         if block_size is None:
-            block_size = 64 if info["backend"] == "clustered" else 512
+            block_size = 256 if info["backend"] == "clustered" else 512
     stats["seconds_index"] = time.perf_counter() - t0
     seconds_lists = 0.0
     cache: dict[int, tuple] = {}

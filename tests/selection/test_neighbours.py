@@ -50,9 +50,8 @@ def test_clustered_lists_are_certified():
     norms = row_norms(x)
     import torch
 
-    centres = nb.spherical_kmeans(torch.from_numpy(x / norms[:, None]), 60, iters=3, seed=0,
-                                  matmul_dtype=torch.float32)
-    index = nb.ClusteredIndex(x, norms, centres, precision="float32")
+    tree = nb.CellTree(torch.from_numpy(x / norms[:, None]), 60, seed=0, matmul_dtype=torch.float32)
+    index = nb.ClusteredIndex(x, norms, tree)
     picked = rng.random(8_000) < 0.2
     _check_lists(index, x, rng.choice(8_000, 200, replace=False), picked, 10, 5)
     assert index.scanned / 200 < 0.25 * 8_000  # structure: a query scans a few cells, not the pool
@@ -64,9 +63,8 @@ def test_cell_bounds_hold_for_every_member():
     norms = row_norms(x)
     import torch
 
-    centres = nb.spherical_kmeans(torch.from_numpy(x / norms[:, None]), 30, iters=2, seed=0,
-                                  matmul_dtype=torch.float32)
-    index = nb.ClusteredIndex(x, norms, centres, precision="float32")
+    tree = nb.CellTree(torch.from_numpy(x / norms[:, None]), 30, seed=0, matmul_dtype=torch.float32)
+    index = nb.ClusteredIndex(x, norms, tree)
     qs = rng.choice(3_000, 50, replace=False)
     bounds = index.bounds(x[qs].astype(np.float64) / norms[qs, None])
     for j, q in enumerate(qs):

@@ -135,7 +135,8 @@ def cpu_description() -> str:
 def _lower(v: np.ndarray, err: np.ndarray, rel: float) -> np.ndarray:
     """Lower bound of the canonical similarity behind a computed value ``v``:
     |computed - canonical| <= err + rel * |computed|. Monotone increasing in ``v``."""
-    return v - (err + rel * np.abs(v))
+    with np.errstate(invalid="ignore"):  # v = -inf (no value yet): callers mask it
+        return v - (err + rel * np.abs(v))
 
 
 def _cut(lower: np.ndarray, err: np.ndarray, rel: float) -> np.ndarray:

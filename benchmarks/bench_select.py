@@ -134,6 +134,27 @@ def reference_fp32(difficulty: np.ndarray, features: np.ndarray, picks: int, k: 
     return out
 
 
+MARKDOWN_HEADER = ("| features | N x D, picks | ISA | chose | fast wall / CPU s | float32 bound s "
+                   "(GFLOP/s) | wall / bound | reference s/pick (fp32 loop) | same as reference | "
+                   "peak RSS GB (before) | selection's own RSS / features | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_row(out: dict) -> str:
+    """One row of benchmarks/README.md's stage-2 table, straight from a run's figures."""
+    st = out["fast_stats"]
+    isa = "AVX2 (capped)" if out["isa_env"].get("ONEDNN_MAX_CPU_ISA") else "native"
+    feat = out["features"] + (f" (noise {out['noise']})" if out.get("noise") is not None else "")
+    same = (f"yes, {out['reference_picks_compared']} picks" if out.get("same_picks_and_scores")
+            else ("NO" if "same_picks_and_scores" in out else "-"))
+    return (f"| {feat} | {out['n']:,} x {out['d']:,}, {out['budget']:,} | {isa} | "
+            f"{st.get('backend')} / {st.get('precision')} | {out['fast_wall_s']} / {out['fast_cpu_s']} | "
+            f"{out.get('machine_bound_float32_s', '-')} ({out.get('float32_gflops', '-')}) | "
+            f"{out.get('fast_over_bound', '-')} | {out.get('reference_wall_s_per_pick', '-')} "
+            f"({out.get('fp32_loop_s_per_pick', '-')}) | {same} | {out['peak_rss_gb']} "
+            f"({out['rss_before_select_gb']}) | {out['selection_rss_over_features']} | "
+            f"{out['load_avg_before']}-{out['load_avg_after']} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -168,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
            "n_clusters": args.n_clusters if args.features == "clusters" else None,
            "device": args.device, "cpu": cpu_description(), "threads": torch.get_num_threads(),
            "isa_env": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
-           "load_avg_before": round(os.getloadavg()[0], 2), "features_gb": round(features.nbytes / 1e9, 3)}
+           "load_avg_before": round(os.getloadavg()[0], 2), "features_gb": round(features.nbytes / 1e9, 4)}
     if args.device == "cpu":
         r32 = matmul_rate(args.n, args.d, torch.float32)
         r16 = matmul_rate(args.n, args.d, torch.bfloat16)
         out["float32_gflops"] = round(r32 / 1e9, 1)
         out["bfloat16_gflops"] = round(r16 / 1e9, 1)
-        out["machine_bound_float32_s"] = round(args.budget * args.n * args.d * 2 / r32, 1)
+        bound = args.budget * args.n * args.d * 2 / r32
+        out["machine_bound_float32_s"] = round(bound, 1 if bound > 10 else 4)
 
     import gc
 
@@ -185,14 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     fast = diverse_greedy(difficulty, features, args.budget, args.k, device=args.device,
                           backend=args.backend, precision=args.precision,
                           block_size=args.block_size, show_progress=True)
-    out["fast_wall_s"] = round(time.perf_counter() - w0, 2)
+    wall = time.perf_counter() - w0
+    out["fast_wall_s"] = round(wall, 2)
     out["fast_cpu_s"] = round(_cpu() - c0, 2)
-    if "machine_bound_float32_s" in out:
-        out["fast_over_bound"] = round(out["fast_wall_s"] / out["machine_bound_float32_s"], 3)
+    if args.device == "cpu":
+        out["fast_over_bound"] = round(wall / bound, 3)
     out["fast_stats"] = {k: (round(float(v), 3) if isinstance(v, (float, np.floating)) else v)
                          for k, v in fast.stats.items()}
-    out["peak_rss_gb"] = round(_rss_gb(), 3)
-    out["peak_rss_over_features"] = round(_rss_gb() / out["features_gb"], 2)
+    peak = _rss_gb()
+    out["peak_rss_gb"] = round(peak, 3)
+    # the selection's own working set (peak minus features + runtime), relative to the features
+    out["selection_rss_over_features"] = round((peak - out["rss_before_select_gb"]) / (features.nbytes / 1e9), 2)
     out["load_avg_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out, indent=2), flush=True)
 
@@ -219,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
+    print(markdown_row(out))
     if args.ref_picks and not out["same_picks_and_scores"]:
         print(f"MISMATCH: the fast run differs from the reference at pick {out['first_difference']}")
         return 1

@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.ref_picks:
         m = min(args.ref_picks, args.budget)
-        f64 = features.astype(np.float64)  # one pass per pick instead of a conversion per pick
+        # a float64 copy makes each reference pick one pass instead of a conversion per pick;
+        # skipped when it would not fit comfortably (1M x 1,536: 12 GB)
+        f64 = features.astype(np.float64) if features.nbytes <= 2e9 else features
         w0 = time.perf_counter()
         ref = reference_greedy(difficulty, f64, m, args.k, show_progress=True)
         out["reference_picks_compared"] = m

@@ -506,7 +506,7 @@ class ClusteredIndex:
         done = np.zeros(b, dtype=np.int64)  # cells of each query's order scanned so far
         upto = np.minimum(first, order.shape[1])
         lower = np.full(b, -np.inf)
-        top = np.full((b, want), -np.inf)  # each query's best `want` values so far (unordered)
+        top = np.full((b, want), -np.inf)  # each query's best `want` values so far
         step = 1
         qs_l, rows_l, vals_l = [], [], []
         while True:
@@ -520,6 +520,11 @@ class ClusteredIndex:
             by_cell = np.argsort(cells, kind="stable")
             q_idx, cells = q_idx[by_cell], cells[by_cell]
             edges = np.flatnonzero(np.diff(cells)) + 1
+            # Keep only values that can still matter: a value below the cut of the threshold at
+            # the start of the round can be neither a candidate nor in the top `want` (thresholds
+            # only rise). float32 cut, lowered by far more than its float32 rounding (<= 6e-8).
+            cut = (_cut(lower, self.err, self.rel) - 1e-6).astype(np.float32)
+            round_q, round_r, round_v = [], [], []
             with _single_thread(torch):
                 for qs, c in zip(np.split(q_idx, edges), cells[np.r_[0, edges]]):
                     rows = members[int(c)]
@@ -528,22 +533,22 @@ class ClusteredIndex:
                     x = torch.from_numpy(np.asarray(self.features[rows], dtype=np.float32))
                     a = (x @ y32[qs].T).numpy()  # [m, |qs|] float32 (torch: one thread, no copy)
                     a *= self.inv_norm[rows][:, None]
-                    a = a.T  # numpy from here: small arrays, ~10x less overhead per op than torch
-                    m = len(rows)
-                    kk = min(want, m)
-                    best = np.partition(a, m - kk, axis=1)[:, m - kk:]
-                    merged = np.concatenate([top[qs], best], axis=1)
-                    top[qs] = np.partition(merged, merged.shape[1] - want, axis=1)[:, -want:]
-                    # keep only what can still be a candidate: thresholds only rise
-                    v = top[qs].min(axis=1)
-                    low = np.where(np.isfinite(v), _lower(v, self.err, self.rel), -np.inf)
-                    # float32 cut, lowered by far more than its float32 rounding (<= 6e-8)
-                    cut = (_cut(low, self.err, self.rel) - 1e-6).astype(np.float32)
-                    qi, ri = np.nonzero(a >= cut[:, None])
-                    qs_l.append(qs[qi])
-                    rows_l.append(rows[ri])
-                    vals_l.append(a[qi, ri].astype(np.float64))
+                    ri, qi = np.nonzero(a >= cut[qs][None, :])
+                    round_q.append(qs[qi])
+                    round_r.append(rows[ri])
+                    round_v.append(a[ri, qi].astype(np.float64))
                     self.scanned += len(rows) * len(qs)
+            if round_q:
+                qa, ra, va = np.concatenate(round_q), np.concatenate(round_r), np.concatenate(round_v)
+                qs_l.append(qa)
+                rows_l.append(ra)
+                vals_l.append(va)
+                # new top `want` per query: its old top merged with this round's values
+                allq = np.concatenate([np.repeat(np.arange(b), want), qa])
+                allv = np.concatenate([top.ravel(), va])
+                srt = np.lexsort((-allv, allq))
+                starts = np.searchsorted(allq[srt], np.arange(b))
+                top = allv[srt][starts[:, None] + np.arange(want)[None, :]]  # >= want each (old top)
             done = upto.copy()
             # thresholds: the lower bound of each query's want-th best value so far
             v = top.min(axis=1)

@@ -45,6 +45,7 @@ _UNIT = {"float32": _U32, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
 # Slack for float64 rounding in norms, canonical cosines, arccos/cos (all ~1e-15), generously.
 _MARGIN = 1e-9
 _CHUNK = 2048  # rows per chunk of whole-pool passes (bounded transient memory)
+_SCAN_SHARE_FLOAT32 = 0.06  # auto: cells if a query scans at most this share (dense in float32)
 _SUB_BLOCK_BYTES = 0.25  # a dense sub-product [b, N] may take this share of the features' bytes
 
 
@@ -58,24 +59,21 @@ def _gamma(n: int, u: float = _U32) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def native_bf16(device: str = "cpu") -> bool:
-    """True if bfloat16 matrix products run natively (and faster than float32) on ``device``.
+def bf16_speedup(device: str = "cpu") -> float:
+    """How many times faster a bfloat16 matrix product runs than a float32 one on ``device``.
 
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the CPU must report AVX512-BF16 or AMX, *and*
-    a timed [128 x 1536] x [1536 x 4096] product must run at least 1.3x faster in bf16 than in
-    float32 - the flag alone is not enough (oneDNN may be capped at AVX2 by ONEDNN_MAX_CPU_ISA,
-    or a hypervisor may hide the unit), and an emulated bf16 product is ~20x slower.
+    CUDA: 2.0 where ``torch.cuda.is_bf16_supported()`` (tensor cores; not timed), else 0. CPU:
+    0 unless the CPU reports AVX512-BF16 or AMX; else a timed [128 x 1536] x [1536 x 4096]
+    product in both precisions - the flag alone is not enough (oneDNN may be capped at AVX2 by
+    ONEDNN_MAX_CPU_ISA, or a hypervisor may hide the unit), and emulated bf16 is ~20x slower.
     """
     import torch
 
     dev = torch.device(device)
     if dev.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if dev.type != "cpu":
-        return False
-    flags = _cpu_flags()
-    if not ({"avx512_bf16", "amx_bf16"} & flags):
-        return False
+        return 2.0 if torch.cuda.is_bf16_supported() else 0.0
+    if dev.type != "cpu" or not ({"avx512_bf16", "amx_bf16"} & _cpu_flags()):
+        return 0.0
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(128, 1536, generator=gen)
     b = torch.randn(4096, 1536, generator=gen)
@@ -89,8 +87,12 @@ def native_bf16(device: str = "cpu") -> bool:
             best = min(best, time.perf_counter() - t)
         return best
 
-    t32 = timed(a, b, 3)
-    return timed(a.bfloat16(), b.bfloat16(), 2) * 1.3 < t32
+    return timed(a, b, 3) / timed(a.bfloat16(), b.bfloat16(), 2)
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """True if bfloat16 products run natively on ``device``: at least 1.3x the float32 rate."""
+    return bf16_speedup(str(device)) >= 1.3
 
 
 def _cpu_flags() -> set[str]:
@@ -600,7 +602,7 @@ def build_index(features: Any, norms: np.ndarray, *, backend: str = "auto", prec
         return DenseIndex(features, norms, precision=prec, device=device, show_progress=show_progress), info
 
     c = int(n_clusters or default_n_clusters(n))
-    mm = torch.bfloat16 if prec == "bfloat16" else torch.float32
+    mm = torch.float32  # cells from float32 products: bf16 assignment noise widens the radii
     # k-means on a sample (seeded), then a probe: on the sample's own cells, what share of the
     # sample would a query scan to certify its list (want scaled to the sample)?
     t0 = time.perf_counter()
@@ -613,7 +615,12 @@ def build_index(features: Any, norms: np.ndarray, *, backend: str = "auto", prec
     if backend == "auto":
         frac = _probe(sample, xs, tree, k + slack, m / n, seed)
         info["probe_scan_fraction"] = frac
-        if frac > 0.25:
+        # Scanning a row costs ~17x a row of the dense float32 product (measured, 158K x 1,536:
+        # benchmarks/README.md), so cells pay off below ~6% of the pool - less where the dense
+        # product runs in native bf16, by the measured bf16 speed-up.
+        limit = _SCAN_SHARE_FLOAT32 / (max(1.0, bf16_speedup(str(device))) if prec == "bfloat16" else 1.0)
+        info["probe_scan_limit"] = limit
+        if frac > limit:
             info["backend"] = "dense"
             info["why"] = f"probe: a query would scan {frac:.0%} of the pool"
             return DenseIndex(features, norms, precision=prec, device=device, show_progress=show_progress), info

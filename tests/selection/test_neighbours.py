@@ -76,12 +76,12 @@ def test_cell_bounds_hold_for_every_member():
 
 
 def test_bf16_only_where_native(monkeypatch):
-    nb.native_bf16.cache_clear()
+    nb.bf16_speedup.cache_clear()
     monkeypatch.setattr(nb, "_cpu_flags", lambda: {"avx2", "fma"})
     assert nb.native_bf16("cpu") is False
     assert nb.resolve_precision("auto", "cpu") == "float32"
     assert nb.resolve_precision("bfloat16", "cpu") == "bfloat16"  # an explicit choice is kept
-    nb.native_bf16.cache_clear()
+    nb.bf16_speedup.cache_clear()
     with pytest.raises(ValueError, match="precision must be one of"):
         nb.resolve_precision("int4", "cpu")
 

@@ -448,23 +448,28 @@ class ClusteredIndex:
         # is correct) and measure its float64 cosine to that centre (the radius must be exact).
         assign = np.empty(n, dtype=np.int64)
         cos_min = np.full(c, np.inf)
-        step = _CHUNK  # bounded transients: a float64 chunk is 25 MB at 1,536 columns
+        inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+        centres32 = self.centres32.numpy()
+        step = _CHUNK  # bounded transients
         for s in _progress(range(0, n, step), show_progress, "cells", "chunk"):
-            x64 = np.asarray(features[s:s + step], dtype=np.float64)
-            nrm = norms[s:s + step]
-            unit = x64 / np.where(nrm > 0, nrm, 1.0)[:, None]
-            cells = tree.assign(torch.from_numpy(unit.astype(np.float32)))
+            unit = np.asarray(features[s:s + step], dtype=np.float32) * inv[s:s + step, None]
+            cells = tree.assign(torch.from_numpy(unit))
             assign[s:s + len(cells)] = cells
-            cos = np.einsum("ij,ij->i", unit, centres64[cells])
-            np.minimum.at(cos_min, cells, np.where(nrm > 0, cos, 0.0))  # a zero row: similarity 0
+            # float32 cosine to the cell's centre; its error is bounded below (err_centre)
+            np.minimum.at(cos_min, cells, np.einsum("ij,ij->i", unit, centres32[cells]))
+        # A member's cosine to its centre is at least the float32 value minus its error bound:
+        # unit row within 3 x 2^-24 per entry (rounding to float32, inverse norm, product), the
+        # centre within 2^-24, float32 accumulation (a zero row computes 0 and has 0).
+        cos_min = cos_min - (_gamma(f + 2) * 1.01 + 5 * _U32 + _MARGIN)
         self.perm = np.argsort(assign, kind="stable")  # rows in cell order
-        self.starts = np.searchsorted(assign[self.perm], np.arange(c + 1))
+        self.cell_of = assign[self.perm]  # cell of each position in cell order
+        self.starts = np.searchsorted(self.cell_of, np.arange(c + 1))
         self.empty = self.starts[1:] == self.starts[:-1]
-        cos_min = np.clip(cos_min - 1e-12, -1.0, 1.0)  # float64 rounding of the cosines
+        cos_min = np.clip(cos_min, -1.0, 1.0)
         self.radius = np.where(self.empty, 0.0, np.arccos(np.where(self.empty, 1.0, cos_min)))
         # Scanned values: the raw row in float32 (exact for float32 features, else rounded once),
         # a float32 product with the float32 unit query, times the float32 inverse norm.
-        self.inv_norm = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+        self.inv_norm = inv
         row_err = 2 * _U32 * (1 + 1e-6)  # row rounding + inverse-norm rounding, relative
         self.err = 2 * row_err + row_err * row_err + _gamma(f + 2) * (1 + row_err) ** 2 + _MARGIN
         self.rel = 2 * _U32 * (1 + 1e-6)
@@ -502,8 +507,8 @@ class ClusteredIndex:
         y32 = torch.from_numpy(y64.astype(np.float32))
         order = np.argsort(-bounds, axis=1, kind="stable")  # [b, C] cells, best bound first
         ranked = np.take_along_axis(bounds, order, axis=1)
-        members = {}  # cell -> its unpicked rows (computed once per call)
-        sizes = np.array([len(self._members(c, picked, members)) for c in range(len(self.starts) - 1)])
+        members = {}  # cell -> its unpicked rows (computed on first use in this call)
+        sizes = np.bincount(self.cell_of[~picked[self.perm]], minlength=len(self.starts) - 1)
         first = (np.cumsum(sizes[order], axis=1) < want).sum(axis=1) + 1  # cells to reach `want`
         done = np.zeros(b, dtype=np.int64)  # cells of each query's order scanned so far
         upto = np.minimum(first, order.shape[1])
@@ -529,7 +534,7 @@ class ClusteredIndex:
             round_q, round_r, round_v = [], [], []
             with _single_thread(torch):
                 for qs, c in zip(np.split(q_idx, edges), cells[np.r_[0, edges]]):
-                    rows = members[int(c)]
+                    rows = self._members(int(c), picked, members)
                     if not rows.size:
                         continue
                     x = torch.from_numpy(np.asarray(self.features[rows], dtype=np.float32))

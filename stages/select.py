@@ -148,7 +148,9 @@ def scoring_cost(args: argparse.Namespace, method: reg.Method) -> dict | None:
             continue
         m = json.loads(metrics.read_text())
         total["wall_s"] += float(m.get("wall_s") or 0.0)
-        total["model_passes"] += int(m.get("model_passes") or 0)
+        passes = m.get("model_passes")  # unknown (None) once any source does not say
+        total["model_passes"] = None if passes is None or total["model_passes"] is None else \
+            total["model_passes"] + int(passes)
         parts.append(str(metrics))
     return {**total, "sources": parts} if parts else None
 

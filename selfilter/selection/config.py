@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from selfilter.config import Section
 
@@ -24,6 +24,7 @@ class SelectConfig(Section):
     n_clusters: int = Field(default=100, ge=1)  # prototypicality, semdedup: k-means clusters on CLIP features
     # The field's selectors (run by the field profile; see docs/METHOD.md "The field's selectors")
     field_methods: list[str] = Field(default=[])  # dvc.yaml's select_field matrix (needs the ifd/less stages)
+    field_scorers: list[Literal["ifd", "less"]] = Field(default=[])  # dvc.yaml's score matrix
     semdedup_threshold: float = Field(default=0.95, ge=-1, le=1)  # semdedup: cosine above which a row is a duplicate
     coincide_clusters: int = Field(default=100, ge=1)  # coincide: spherical k-means clusters on activations
     coincide_temperature: float = Field(default=0.1, gt=0)  # coincide: softmax temperature of cluster shares
@@ -48,6 +49,14 @@ class SelectConfig(Section):
         if unknown:
             raise ValueError(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
         return v
+
+    @model_validator(mode="after")
+    def _field_inputs_scored(self) -> "SelectConfig":
+        # select_field reads both scoring stages' outputs, whichever field method it runs
+        if self.field_methods and set(self.field_scorers) != {"ifd", "less"}:
+            raise ValueError(f"select.field_methods {self.field_methods} need select.field_scorers: [ifd, less] "
+                             f"(got {self.field_scorers})")
+        return self
 
     @field_validator("seeds")
     @classmethod

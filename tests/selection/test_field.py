@@ -149,3 +149,15 @@ def test_each_field_method_reads_only_what_it_declares():
         reg.run_method(name, reg.SelectionInputs(20, loaders), 5, seed=0,
                        options=reg.SelectOptions(n_clusters=2, coincide_clusters=2))
         assert set(calls) == set(reg.METHODS[name].needs), name
+
+
+def test_field_methods_need_both_scoring_stages_and_join_the_compared_grid(tmp_path):
+    from selfilter.selection.config import SelectConfig, compared_methods
+
+    with pytest.raises(ValueError, match="field_scorers"):
+        SelectConfig(field_methods=["clip_score"], field_scorers=["ifd"])
+    with pytest.raises(ValueError, match="unknown methods"):
+        SelectConfig(field_methods=["cherry"], field_scorers=["ifd", "less"])
+    (tmp_path / "params.yaml").write_text("select:\n  methods: [random, full]\n  field_methods: [less, random]\n"
+                                          "  field_scorers: [ifd, less]\n")
+    assert compared_methods(tmp_path / "params.yaml") == ["random", "full", "less"]

@@ -312,7 +312,8 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
                 continue
             g, c = methods[m][b], costs.get(m, {})
             sc = g.get("scoring") or {}
-            scoring = f"{sc['wall_s']:.1f} ({sc.get('model_passes', '-')})" if sc.get("wall_s") is not None else "-"
+            passes = "-" if sc.get("model_passes") is None else sc["model_passes"]
+            scoring = f"{sc['wall_s']:.1f} ({passes})" if sc.get("wall_s") is not None else "-"
             out.append(f"| {m} | {_budget_label(b)} | {_num(g['selection_wall_s'], '{:.3f}')} | "
                        f"{c.get('requests', '-')} | {c.get('tokens', '-')} | {_num(g['train_wall_s'])} | "
                        f"{_num(g['train_steps'], '{:.0f}')} | {scoring} |")

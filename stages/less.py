@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         target_desc = cfg.target_annotations
     pool = EncodedDataset(records, args.image_dir, encoder, progress=not args.no_progress)
     kw = dict(params=cfg.params, dim=cfg.proj_dim, seed=cfg.proj_seed, device=device,
-              flush_every=cfg.flush_every, progress=not args.no_progress)
+              flush_every=cfg.flush_every, projection=cfg.projection, progress=not args.no_progress)
     target = gradient_features(model, target_items, encoder.pad_token_id, desc="less target", **kw)
     train = gradient_features(model, [pool[i] for i in range(len(pool))], encoder.pad_token_id, **kw)
     scores = less_scores(train, target)

@@ -89,6 +89,7 @@ class LESSConfig(Section):
 
     params: list[str] = Field(default=["multi_modal_projector", "lm_head"], min_length=1)  # regexes on parameter names
     proj_dim: int = Field(512, ge=1)                  # random projection size (paper: 8192)
+    projection: Literal["rademacher", "countsketch"] = "rademacher"  # dense (paper) | sparse (P work per sample)
     proj_seed: int = 0
     max_length: int | None = Field(512, ge=8)
     dtype: str = "float32"

@@ -87,6 +87,19 @@ def test_projection_is_fixed_by_the_seed_and_preserves_inner_products_roughly():
     assert torch.allclose(approx.diagonal(), exact.diagonal(), rtol=0.25)
 
 
+def test_countsketch_is_fixed_by_the_seed_and_unbiased_for_inner_products():
+    g = torch.randn(4, 50_000)
+    a = RandomProjection(50_000, 512, seed=1, kind="countsketch")
+    torch.testing.assert_close(a(g), RandomProjection(50_000, 512, seed=1, kind="countsketch")(g))
+    p = a(g)
+    assert torch.allclose((p * p).sum(1) / 50_000, (g * g).sum(1) / 50_000, rtol=0.25)
+    sk = torch.stack([RandomProjection(200, 64, seed=s, kind="countsketch")(torch.eye(200)[:2] + 1) for s in range(200)])
+    exact = float(((torch.eye(200)[0] + 1) * (torch.eye(200)[1] + 1)).sum())
+    assert float((sk[:, 0] * sk[:, 1]).sum(1).mean()) == pytest.approx(exact, rel=0.1)
+    with pytest.raises(ValueError, match="unknown projection"):
+        RandomProjection(10, 4, seed=0, kind="gaussian")
+
+
 def test_gradient_features_use_only_the_named_parameters():
     model = Bigram()
     items = [_item([BOS, Q1, A1, EOS], 2), _item([BOS, Q2, A2, EOS], 2), _item([BOS, Q1, A1, EOS], 2)]

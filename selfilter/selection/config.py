@@ -25,7 +25,7 @@ class SelectConfig(Section):
     # The field's selectors (run by the field profile; see docs/METHOD.md "The field's selectors")
     field_methods: list[str] = Field(default=[])  # dvc.yaml's select_field matrix (needs the ifd/less stages)
     field_scorers: list[Literal["ifd", "less"]] = Field(default=[])  # dvc.yaml's score matrix
-    semdedup_threshold: float = Field(default=0.95, ge=-1, le=1)  # semdedup: cosine above which a row is a duplicate
+    semdedup_threshold: float | None = Field(default=None, ge=-1, le=1)  # semdedup: duplicate cosine; null: set by the budget
     coincide_clusters: int = Field(default=100, ge=1)  # coincide: spherical k-means clusters on activations
     coincide_temperature: float = Field(default=0.1, gt=0)  # coincide: softmax temperature of cluster shares
     coincide_kernel_width: float = Field(default=1.0, gt=0)  # coincide: Gaussian kernel sigma (density, MMD)

@@ -44,28 +44,26 @@ def _fill_random(first: np.ndarray, n_pool: int, budget_n: int, seed: int) -> np
 
 # ----------------------------------------------------------------------------- SemDeDup
 
-def semdedup_keep(features: np.ndarray, n_clusters: int, threshold: float, seed: int, *,
-                  device: str = "cpu") -> np.ndarray:
-    """Boolean mask of the rows SemDeDup keeps.
+def semdedup_redundancy(features: np.ndarray, n_clusters: int, seed: int, *, device: str = "cpu") -> np.ndarray:
+    """Each row's SemDeDup redundancy: its largest cosine to a row *earlier* in its cluster's order
+    (-1 for the first row of a cluster).
 
     Rows are L2-normalised and clustered with k-means (scikit-learn ``MiniBatchKMeans``). Within
     a cluster, rows are ordered by cosine to their centroid, *least* similar first (the paper
-    keeps the least prototypical member of a duplicate group); a row is dropped when its cosine
-    to any row earlier in that order exceeds ``threshold`` (the paper's ``1 - eps``). So every
-    group of mutual near-duplicates keeps exactly one member. As in the paper, a row can be
-    dropped because of an earlier row that was itself dropped (no transitive re-check).
+    keeps the least prototypical member of a duplicate group). Dropping every row whose
+    redundancy exceeds a threshold (the paper's ``1 - eps``) keeps exactly one member of every
+    group of mutual near-duplicates; as in the paper, a row can be dropped because of an earlier
+    row that was itself dropped (no transitive re-check).
     """
     from sklearn.cluster import MiniBatchKMeans
 
     x = _unit_rows(features)
     n = x.shape[0]
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
     k = max(1, min(int(n_clusters), n))
     km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=min(4096, n))
     labels = km.fit_predict(x)
     centres = _unit_rows(km.cluster_centers_)
-    keep = np.ones(n, dtype=bool)
+    redundancy = np.full(n, -1.0)
     xt = torch.from_numpy(x).to(device)
     for c in range(k):
         members = np.flatnonzero(labels == c)
@@ -73,28 +71,42 @@ def semdedup_keep(features: np.ndarray, n_clusters: int, threshold: float, seed:
             continue
         to_centre = x[members] @ centres[c]
         members = members[np.argsort(to_centre, kind="stable")]  # least prototypical first
-        m = torch.from_numpy(members).to(device)
-        xm = xt[m]
+        xm = xt[torch.from_numpy(members).to(device)]
         for start in range(0, len(members), _BLOCK):
             rows = xm[start:start + _BLOCK]
             # cosine of each row to every row before it in the order (upper triangle only)
             sims = rows @ xm[: start + len(rows)].T
             earlier = torch.arange(start + len(rows), device=device)[None, :] < (
                 torch.arange(start, start + len(rows), device=device)[:, None])
-            sims = torch.where(earlier, sims, torch.full_like(sims, -2.0))
-            dup = (sims.max(dim=1).values > threshold).cpu().numpy()
-            keep[members[start:start + len(rows)][dup]] = False
-    return keep
+            sims = torch.where(earlier, sims, torch.full_like(sims, -1.0))
+            redundancy[members[start:start + len(rows)]] = sims.max(dim=1).values.double().cpu().numpy()
+    return redundancy
 
 
-def semdedup(features: np.ndarray, budget_n: int, *, n_clusters: int, threshold: float, seed: int,
-             device: str = "cpu", keep: np.ndarray | None = None) -> np.ndarray:
-    """SemDeDup at a fixed budget: a seeded random sample of the kept rows; when fewer rows are
-    kept than the budget, all of them, then a seeded random fill from the dropped ones."""
+def semdedup_keep(features: np.ndarray, n_clusters: int, threshold: float, seed: int, *,
+                  device: str = "cpu") -> np.ndarray:
+    """Boolean mask of the rows SemDeDup keeps at a cosine ``threshold`` (the paper's 1 - eps)."""
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
+    return semdedup_redundancy(features, n_clusters, seed, device=device) <= threshold
+
+
+def semdedup(features: np.ndarray, budget_n: int, *, n_clusters: int, threshold: float | None, seed: int,
+             device: str = "cpu", redundancy: np.ndarray | None = None) -> np.ndarray:
+    """SemDeDup at a fixed budget.
+
+    ``threshold`` a cosine: drop the rows above it, then a seeded random sample of the kept rows
+    (when fewer rows are kept than the budget: all of them, then a seeded random fill from the
+    dropped ones). ``threshold`` None: the threshold is set by the budget, as the paper sets eps to
+    reach a target size - keep the ``budget_n`` least redundant rows (ties by a seeded shuffle).
+    """
     n = np.shape(features)[0]
     budget_n = _check_budget(n, budget_n)
-    if keep is None:
-        keep = semdedup_keep(features, n_clusters, threshold, seed, device=device)
+    if redundancy is None:
+        redundancy = semdedup_redundancy(features, n_clusters, seed, device=device)
+    if threshold is None:
+        return top_k(-redundancy, budget_n, seed)
+    keep = redundancy <= threshold
     rng = np.random.default_rng(seed)
     kept = rng.permutation(np.flatnonzero(keep))
     dropped = rng.permutation(np.flatnonzero(~keep))

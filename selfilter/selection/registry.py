@@ -80,7 +80,7 @@ class SelectOptions:
     backend: str = "auto"
     precision: str = "auto"
     n_clusters: int = 100
-    semdedup_threshold: float = 0.95
+    semdedup_threshold: float | None = None
     coincide_clusters: int = 100
     coincide_temperature: float = 0.1
     coincide_kernel_width: float = 1.0
@@ -140,14 +140,13 @@ def _prototypicality(inputs: SelectionInputs, budget_n: int, seed: int, o: Selec
 
 
 def _semdedup(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOptions) -> Picked:
-    # which rows survive de-duplication depends on the seed (k-means), not on the budget
-    key = ("semdedup", o.n_clusters, o.semdedup_threshold, seed)
+    # the redundancy scores depend on the seed (k-means), not on the budget or threshold
+    key = ("semdedup", o.n_clusters, seed)
     if key not in inputs.memo:
-        inputs.memo[key] = field.semdedup_keep(inputs.get(FEATURES), o.n_clusters, o.semdedup_threshold, seed,
-                                               device=o.device)
+        inputs.memo[key] = field.semdedup_redundancy(inputs.get(FEATURES), o.n_clusters, seed, device=o.device)
     idx = field.semdedup(inputs.get(FEATURES), budget_n, n_clusters=o.n_clusters,
-                         threshold=o.semdedup_threshold, seed=seed, keep=inputs.memo[key])
-    return _unscored(idx)
+                         threshold=o.semdedup_threshold, seed=seed, redundancy=inputs.memo[key])
+    return Picked(idx, inputs.memo[key][idx])
 
 
 def _ifd(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOptions) -> Picked:

@@ -49,6 +49,23 @@ def test_semdedup_removes_planted_duplicates_and_nothing_else():
     assert all(len(members & set(picked.indices.tolist())) == 1 for members in groups.values())
 
 
+def test_semdedup_with_the_budget_as_threshold_keeps_one_per_group_before_any_duplicate():
+    base = _separated(60, 64, 0)
+    rng = np.random.default_rng(1)
+    originals = [3, 17, 17, 40, 59]
+    x = np.concatenate([base, np.stack([base[i] + 0.01 * rng.normal(size=64).astype(np.float32) for i in originals])])
+    groups = [{3, 60}, {17, 61, 62}, {40, 63}, {59, 64}]
+    for budget in (30, 60):  # exactly the de-duplicated pool at 60
+        picked = reg.run_method("semdedup", _inputs({reg.FEATURES: x}), budget, seed=0,
+                                options=reg.SelectOptions(n_clusters=4, semdedup_threshold=None))
+        chosen = set(picked.indices.tolist())
+        assert len(chosen) == budget and all(len(g & chosen) <= 1 for g in groups)
+        assert (picked.scores < 0.9).all()  # redundancy of every pick: no near-copy among them
+    picked = reg.run_method("semdedup", _inputs({reg.FEATURES: x}), 65, seed=0,
+                            options=reg.SelectOptions(n_clusters=4, semdedup_threshold=None))
+    assert (picked.scores[-5:] > 0.95).all()  # the planted copies come last
+
+
 def test_semdedup_fills_from_the_dropped_rows_when_the_budget_needs_them():
     x = np.concatenate([_separated(10, 32, 0)] * 3)  # every row three times
     idx = field.semdedup(x, 15, n_clusters=2, threshold=0.95, seed=0)

@@ -12,8 +12,8 @@ remove). COINCIDE's selection runs on the same matrix standing in for its activa
 two forward passes (which also give COINCIDE's activations) and LESS's per-sample
 forward+backward with its projection - on the given base model, device and thread count.
 
-Prints one JSON line per measurement, each with the CPU model, the torch thread count and the
-command's arguments.
+Prints one JSON line per measurement, each with its wall and CPU seconds, the 1-minute load
+average, the CPU model, the torch thread count and the command's arguments.
 """
 from __future__ import annotations
 
@@ -36,10 +36,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+_CPU0 = [time.process_time()]
+
+
 def _report(name: str, seconds: float, args: argparse.Namespace, **extra) -> None:
+    """One JSON line: wall seconds, this process's CPU seconds since the last report (on a shared
+    machine the wall time depends on the load, reported too), the machine."""
     import torch
 
-    print(json.dumps({"measure": name, "seconds": round(seconds, 3), **extra, "cpu": cpu_model(),
+    cpu_s, _CPU0[0] = time.process_time() - _CPU0[0], time.process_time()
+    print(json.dumps({"measure": name, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_s, 3), **extra,
+                      "load_avg_1m": round(os.getloadavg()[0], 2), "cpu": cpu_model(),
                       "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                       "args": {k: v for k, v in vars(args).items() if k != "func"}}), flush=True)
 
@@ -62,9 +69,11 @@ def bench_features(args: argparse.Namespace) -> None:
     x = synthetic(args.n, args.d, args.clusters, args.noise, args.dup_share, args.seed)
     scores = x[:, : args.d // 2].sum(1) * x[:, args.d // 2:].sum(1)  # a stand-in CLIP score
     t0 = time.perf_counter()
+    _CPU0[0] = time.process_time()
     baselines.top_k(scores, args.budget, args.seed)
     _report("clip_score", time.perf_counter() - t0, args)
     t0 = time.perf_counter()
+    _CPU0[0] = time.process_time()
     keep = field.semdedup_keep(x, args.semdedup_clusters, args.threshold, args.seed)
     t_keep = time.perf_counter() - t0
     field.semdedup(x, args.budget, n_clusters=args.semdedup_clusters, threshold=args.threshold, seed=args.seed,
@@ -72,6 +81,7 @@ def bench_features(args: argparse.Namespace) -> None:
     _report("semdedup", time.perf_counter() - t0, args, kmeans_and_dedup_s=round(t_keep, 3),
             dropped=int((~keep).sum()), planted=int(args.dup_share * args.n))
     t0 = time.perf_counter()
+    _CPU0[0] = time.process_time()
     idx, _ = field.coincide(x, args.budget, n_clusters=args.coincide_clusters, temperature=0.1, kernel_width=1.0,
                             seed=args.seed)
     _report("coincide_selection", time.perf_counter() - t0, args, selected=len(idx))
@@ -91,16 +101,19 @@ def bench_model(args: argparse.Namespace) -> None:
     model, processor = load_vlm(args.model, "float32", args.device)
     encoder = ChatEncoder(processor, max_length=512)
     t0 = time.perf_counter()
+    _CPU0[0] = time.process_time()
     dataset = EncodedDataset(records, args.image_dir, encoder, progress=False)
     answers = [encode_answer_only(r, encoder.tokenizer, 512) for r in records]
     _report("encode", time.perf_counter() - t0, args, samples=args.n)
     n_layers = model.config.text_config.num_hidden_layers
     t0 = time.perf_counter()
+    _CPU0[0] = time.process_time()
     score_pass(model, dataset, answers, encoder.pad_token_id, device=args.device, batch_size=32,
                layers=list(range(1, n_layers + 1)), progress=False)
     _report("ifd+coincide_activations (2 forward passes)", time.perf_counter() - t0, args, samples=args.n)
     items = [dataset[i] for i in range(len(dataset))]
     t0 = time.perf_counter()
+    _CPU0[0] = time.process_time()
     gradient_features(model, items, encoder.pad_token_id, params=args.less_params, dim=args.proj_dim, seed=0,
                       device=args.device, progress=False)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)

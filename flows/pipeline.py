@@ -45,8 +45,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 # `name@item`, and `dvc repro name` runs every item). Groups dvc.yaml lacks are skipped;
 # groups it has that are not listed here run after these, in dvc.yaml order.
 STAGE_ORDER: tuple[str, ...] = (
-    "prepare", "base", "features", "judge", "stage1", "el2n",
-    "select", "finetune", "evaluate", "compare", "track",
+    "prepare", "base", "features", "judge", "stage1", "el2n", "score",
+    "select", "select_field", "finetune", "evaluate", "compare", "track",
 )
 # Stages whose failures are usually transient (rate limits, a judge endpoint restarting):
 # Prefect retries them after these delays (seconds). DVC's run-cache plus the judge's own

@@ -2,13 +2,17 @@
 
     python -m stages.select --params params.yaml --method NAME --records data/pool/records.jsonl \
         [--features features/clip.npy] [--stage1 stage1] [--judge judge/ratings.parquet] \
-        [--el2n el2n/scores.parquet] [--hidden data/shapes/imperfections.jsonl] --out selections/NAME
+        [--el2n el2n/scores.parquet] [--clip-scores features/scores.parquet] [--ifd ifd/scores.parquet] \
+        [--activations ifd/activations.npy] [--less less/scores.parquet] \
+        [--hidden data/shapes/imperfections.jsonl] --out selections/NAME
 
 Reads only the inputs the method declares (the registry enforces it; only the ``oracle_clean``
 control reads the hidden labels). Writes, per budget fraction and seed, OUT/b{budget}_s{seed}/:
 ``subset.json`` (the selected records exactly as read from records.jsonl, ``uid`` included, in
 pick/rank order: a LLaVA-format JSON array), ``trace.parquet`` (rank, uid, score at pick) and
-``meta.json`` (method, budget, seed, counts, wall_seconds of the selection, params, input digests).
+``meta.json`` (method, budget, seed, counts, wall_seconds of the selection, params, input digests,
+and ``scoring``: the wall time and model passes of the scoring stage the method's inputs came from,
+read from that stage's metrics.json, so model-pass methods show their whole cost).
 Deterministic methods (Self-Filter variants, full) are computed once per budget and written for
 every seed (``meta.json``: ``"deterministic": true``), so downstream stages see a full grid.
 ``full`` runs only at budget 1.0 whatever ``select.budgets`` says.
@@ -16,6 +20,7 @@ every seed (``meta.json``: ``"deterministic": true``), so downstream stages see 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -31,6 +36,11 @@ from selfilter.selection import registry as reg
 from selfilter.selection.config import SelectConfig, budget_count, subset_dirname
 
 STAGE1_SETTINGS = {reg.DIFFICULTY_SCORES: "scores", reg.DIFFICULTY_CLIP: "clip"}
+# input name -> command-line flag (attribute) of its file
+FLAGS = {reg.FEATURES: "features", reg.JUDGE: "judge", reg.EL2N: "el2n", reg.CLEAN: "hidden",
+         reg.CLIP_SCORE: "clip_scores", reg.IFD: "ifd", reg.ACTIVATIONS: "activations", reg.LESS: "less"}
+# uid-keyed score tables: input name -> column
+COLUMNS = {reg.CLIP_SCORE: "clip_score", reg.IFD: "ifd", reg.LESS: "less"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,12 +51,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage1", help="stage1 folder holding <setting>/difficulty.parquet (Self-Filter)")
     p.add_argument("--judge", help="judge ratings.parquet (alpagasus)")
     p.add_argument("--el2n", help="el2n scores.parquet (el2n)")
+    p.add_argument("--clip-scores", dest="clip_scores", help="features scores.parquet (clip_score)")
+    p.add_argument("--ifd", help="ifd scores.parquet (ifd)")
+    p.add_argument("--activations", help="ifd activations.npy [N, L*H] (coincide)")
+    p.add_argument("--less", help="less scores.parquet (less)")
     p.add_argument("--hidden", help="imperfections.jsonl hidden labels (oracle_clean control only)")
     p.add_argument("--out", required=True, help="output folder, selections/<method>")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _aligned(path: str, column: str, uids: np.ndarray) -> np.ndarray:
+def _aligned(path: str, column: str, uids: np.ndarray, allow_nan: bool = False) -> np.ndarray:
     """``column`` of a uid-keyed parquet table, in records.jsonl row order."""
     try:
         df = pd.read_parquet(path, columns=["uid", column])
@@ -61,7 +75,7 @@ def _aligned(path: str, column: str, uids: np.ndarray) -> np.ndarray:
     if missing.size:
         raise ValueError(f"{path}: no row for uid={int(missing[0])} ({missing.size} records missing)")
     values = s.loc[uids].to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(values))
+    bad = np.flatnonzero(~np.isfinite(values) & ~(allow_nan & np.isnan(values)))
     if bad.size:
         raise ValueError(f"{path}: '{column}' is not finite for uid={int(uids[bad[0]])}")
     return values
@@ -90,14 +104,13 @@ def build_inputs(args: argparse.Namespace, method: reg.Method, records: list[dic
     """Lazy loaders for exactly the inputs ``method`` declares; a missing path is a user error."""
     uids = np.array([r["uid"] for r in records], dtype=np.int64)
     n = len(records)
-    flag = {reg.FEATURES: "features", reg.JUDGE: "judge", reg.EL2N: "el2n", reg.CLEAN: "hidden",
-            reg.DIFFICULTY_SCORES: "stage1", reg.DIFFICULTY_CLIP: "stage1"}
+    flag = {**FLAGS, reg.DIFFICULTY_SCORES: "stage1", reg.DIFFICULTY_CLIP: "stage1"}
     loaders = {}
     for need in method.needs:
         path = getattr(args, flag[need])
         if not path:
             raise ValueError(f"method '{method.name}' needs --{flag[need]}")
-        if need == reg.FEATURES:
+        if need in (reg.FEATURES, reg.ACTIVATIONS):
             loaders[need] = lambda p=path: _features(p, n)
         elif need in STAGE1_SETTINGS:
             f = Path(path) / STAGE1_SETTINGS[need] / "difficulty.parquet"
@@ -106,6 +119,8 @@ def build_inputs(args: argparse.Namespace, method: reg.Method, records: list[dic
             loaders[need] = lambda p=path: _aligned(p, "rating", uids)
         elif need == reg.EL2N:
             loaders[need] = lambda p=path: _aligned(p, "el2n", uids)
+        elif need in COLUMNS:
+            loaders[need] = lambda p=path, c=COLUMNS[need]: _aligned(p, c, uids, allow_nan=need == reg.IFD)
         elif need == reg.CLEAN:
             loaders[need] = lambda p=path: _clean_mask(p, records)
     return reg.SelectionInputs(n, loaders)
@@ -117,9 +132,27 @@ def input_paths(args: argparse.Namespace, method: reg.Method) -> dict[str, Path]
         if need in STAGE1_SETTINGS:
             paths[need] = Path(args.stage1) / STAGE1_SETTINGS[need] / "difficulty.parquet"
         else:
-            paths[need] = Path(getattr(args, {reg.FEATURES: "features", reg.JUDGE: "judge",
-                                              reg.EL2N: "el2n", reg.CLEAN: "hidden"}[need]))
+            paths[need] = Path(getattr(args, FLAGS[need]))
     return paths
+
+
+def scoring_cost(args: argparse.Namespace, method: reg.Method) -> dict | None:
+    """Wall time and model passes of the model-pass stage(s) whose outputs ``method`` reads, from
+    the ``metrics.json`` next to them (``wall_s``, ``model_passes``); None when it reads none."""
+    total, parts = {"wall_s": 0.0, "model_passes": 0}, []
+    for need in method.needs:
+        if need not in (reg.EL2N, reg.IFD, reg.ACTIVATIONS, reg.LESS):
+            continue
+        metrics = Path(getattr(args, FLAGS[need])).parent / "metrics.json"
+        if not metrics.is_file() or str(metrics) in parts:
+            continue
+        m = json.loads(metrics.read_text())
+        total["wall_s"] += float(m.get("wall_s") or 0.0)
+        passes = m.get("model_passes")  # unknown (None) once any source does not say
+        total["model_passes"] = None if passes is None or total["model_passes"] is None else \
+            total["model_passes"] + int(passes)
+        parts.append(str(metrics))
+    return {**total, "sources": parts} if parts else None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -130,8 +163,12 @@ def _run(args: argparse.Namespace) -> int:
     digests = {name: {"path": str(p), "sha256": file_digest(p)} for name, p in input_paths(args, method).items()}
     options = reg.SelectOptions(k_nearest=cfg.k_nearest, gamma=cfg.gamma, penalty=cfg.penalty,
                                 device=cfg.device, backend=cfg.backend, precision=cfg.precision,
-                                n_clusters=cfg.n_clusters,
+                                n_clusters=cfg.n_clusters, semdedup_threshold=cfg.semdedup_threshold,
+                                coincide_clusters=cfg.coincide_clusters,
+                                coincide_temperature=cfg.coincide_temperature,
+                                coincide_kernel_width=cfg.coincide_kernel_width,
                                 show_progress=not args.no_progress)
+    scoring = scoring_cost(args, method)
     out = Path(args.out)
     budgets = method.budgets or tuple(cfg.budgets)
     wanted = {subset_dirname(b, s) for b in budgets for s in cfg.seeds}
@@ -158,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
                 "method": method.name, "budget": budget, "seed": seed, "n_pool": len(records),
                 "n_selected": len(idx), "wall_seconds": round(wall, 4),
                 "deterministic": method.deterministic, "control": method.control,
-                "params": cfg.model_dump(mode="json"), "inputs": digests})
+                "scoring": scoring, "params": cfg.model_dump(mode="json"), "inputs": digests})
             print(f"select: {method.name} budget={budget} seed={seed}: {len(idx)}/{len(records)} "
                   f"records in {wall:.2f}s -> {folder}")
     return 0

@@ -39,6 +39,7 @@ class Run:
     control: bool = False
     n_pool: int | None = None
     selection_wall_s: float | None = None
+    scoring: dict[str, Any] | None = None  # model-pass scoring stage the selection read (wall_s, model_passes)
     train: dict[str, Any] = field(default_factory=dict)   # train_log.json minus its per-step log
     uids: list[int] | None = None
 
@@ -93,6 +94,7 @@ def summarize(runs: Sequence[Run], cfg: CompareConfig,
             entry["imperfect_share"] = seed_stats(shares, cfg.confidence)["mean"]
         walls = [r.selection_wall_s for r in group if r.selection_wall_s is not None]
         entry["selection_wall_s"] = math.fsum(walls) / len(walls) if walls else None
+        entry["scoring"] = group[0].scoring
         trains = [r.train.get("wall_s") for r in group if r.train.get("wall_s") is not None]
         entry["train_wall_s"] = math.fsum(trains) / len(trains) if trains else None
         steps = [r.train.get("steps") for r in group if r.train.get("steps") is not None]
@@ -299,17 +301,22 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
         out.append("")
     out += ["## Cost", "", ("Selection wall time per subset (from selections/*/meta.json; deterministic methods "
             "are computed once per budget), judge usage (judge/usage.json, for methods that read the ratings), "
-            "fine-tuning wall time and steps per run (runs/*/train_log.json)."), "",
-            "| method | budget | selection s | judge requests | judge tokens | training s | steps |",
-            "|---|---|---|---|---|---|---|"]
+            "fine-tuning wall time and steps per run (runs/*/train_log.json). Scoring: the model-pass stage a "
+            "method's scores come from (el2n, ifd, less; metrics.json), once for all subsets: wall seconds "
+            "(passes over the pool)."), "",
+            "| method | budget | selection s | judge requests | judge tokens | training s | steps | scoring s (passes) |",
+            "|---|---|---|---|---|---|---|---|"]
     for m in methods:
         for b in budgets:
             if b not in methods[m]:
                 continue
             g, c = methods[m][b], costs.get(m, {})
+            sc = g.get("scoring") or {}
+            passes = "-" if sc.get("model_passes") is None else sc["model_passes"]
+            scoring = f"{sc['wall_s']:.1f} ({passes})" if sc.get("wall_s") is not None else "-"
             out.append(f"| {m} | {_budget_label(b)} | {_num(g['selection_wall_s'], '{:.3f}')} | "
                        f"{c.get('requests', '-')} | {c.get('tokens', '-')} | {_num(g['train_wall_s'])} | "
-                       f"{_num(g['train_steps'], '{:.0f}')} |")
+                       f"{_num(g['train_steps'], '{:.0f}')} | {scoring} |")
     out += ["", "## Calibration checks", ""]
     for c in checks:
         out.append(f"- **{c['status'].upper()}** `{c['name']}`: {c['detail']}")
@@ -359,7 +366,8 @@ def load_runs(selections: Path, runs: Path, evals: Path, primary: Mapping[str, s
                        n_selected=int(meta["n_selected"]), selection=str(meta_path.parent / "subset.json"),
                        checkpoint=str(ckpt), eval=str(metrics_path.parent / "results.json"), metrics=metrics,
                        control=bool(meta.get("control", False)), n_pool=meta.get("n_pool"),
-                       selection_wall_s=meta.get("wall_seconds"), train=train, uids=uids))
+                       selection_wall_s=meta.get("wall_seconds"), scoring=meta.get("scoring"), train=train,
+                       uids=uids))
     return out
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from selfilter.config import Section
 
@@ -21,7 +21,14 @@ class SelectConfig(Section):
     device: str = "cpu"  # torch device for Self-Filter's neighbour search
     backend: Literal["auto", "dense", "clustered"] = "auto"  # neighbour index (picks never depend on it)
     precision: Literal["auto", "bfloat16", "float32"] = "auto"  # dense product: bf16 only where native
-    n_clusters: int = Field(default=100, ge=1)  # prototypicality: k-means clusters
+    n_clusters: int = Field(default=100, ge=1)  # prototypicality, semdedup: k-means clusters on CLIP features
+    # The field's selectors (run by the field profile; see docs/METHOD.md "The field's selectors")
+    field_methods: list[str] = Field(default=[])  # dvc.yaml's select_field matrix (needs the ifd/less stages)
+    field_scorers: list[Literal["ifd", "less"]] = Field(default=[])  # dvc.yaml's score matrix
+    semdedup_threshold: float | None = Field(default=None, ge=-1, le=1)  # semdedup: duplicate cosine; null: set by the budget
+    coincide_clusters: int = Field(default=100, ge=1)  # coincide: spherical k-means clusters on activations
+    coincide_temperature: float = Field(default=0.1, gt=0)  # coincide: softmax temperature of cluster shares
+    coincide_kernel_width: float = Field(default=1.0, gt=0)  # coincide: Gaussian kernel sigma (density, MMD)
 
     @field_validator("budgets")
     @classmethod
@@ -33,7 +40,7 @@ class SelectConfig(Section):
                 raise ValueError(f"budget {b} is not a fraction in (0, 1]")
         return v
 
-    @field_validator("methods")
+    @field_validator("methods", "field_methods")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
         from selfilter.selection.registry import METHODS
@@ -42,6 +49,14 @@ class SelectConfig(Section):
         if unknown:
             raise ValueError(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
         return v
+
+    @model_validator(mode="after")
+    def _field_inputs_scored(self) -> "SelectConfig":
+        # select_field reads both scoring stages' outputs, whichever field method it runs
+        if self.field_methods and set(self.field_scorers) != {"ifd", "less"}:
+            raise ValueError(f"select.field_methods {self.field_methods} need select.field_scorers: [ifd, less] "
+                             f"(got {self.field_scorers})")
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -62,9 +77,11 @@ def subset_dirname(budget: float, seed: int) -> str:
 
 
 def compared_methods(params_path, chosen: list[str] | None = None) -> list[str]:
-    """The methods a grid stage works on: ``chosen`` if given, else ``select.methods``."""
+    """The methods a grid stage works on: ``chosen`` if given, else ``select.methods`` followed
+    by ``select.field_methods`` (those not already listed)."""
     if chosen:
         return list(chosen)
     from selfilter.config import load_section
 
-    return list(load_section("select", SelectConfig, params_path).methods)
+    cfg = load_section("select", SelectConfig, params_path)
+    return list(cfg.methods) + [m for m in cfg.field_methods if m not in cfg.methods]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from selfilter.selection import baselines
+from selfilter.selection import baselines, field
 from selfilter.selection.greedy import diverse_greedy
 
 # Input names a method may declare.
@@ -21,6 +21,10 @@ FEATURES = "features"  # CLIP features [N, 2D] float32
 JUDGE = "judge"  # judge rating [N] float
 EL2N = "el2n"  # EL2N score [N] float
 CLEAN = "clean"  # hidden: is the record clean [N] bool (controls only)
+CLIP_SCORE = "clip_score"  # CLIP image-text cosine [N] float (features/scores.parquet)
+IFD = "ifd"  # Instruction-Following Difficulty [N] float, NaN where undefined (ifd/scores.parquet)
+ACTIVATIONS = "activations"  # reference-VLM multi-layer activations [N, L*H] float (ifd/activations.npy)
+LESS = "less"  # LESS gradient-feature cosine to the target set [N] float (less/scores.parquet)
 
 
 class InputNotAllowed(PermissionError):
@@ -76,6 +80,10 @@ class SelectOptions:
     backend: str = "auto"
     precision: str = "auto"
     n_clusters: int = 100
+    semdedup_threshold: float | None = None
+    coincide_clusters: int = 100
+    coincide_temperature: float = 0.1
+    coincide_kernel_width: float = 1.0
     show_progress: bool = False
 
 
@@ -131,6 +139,29 @@ def _prototypicality(inputs: SelectionInputs, budget_n: int, seed: int, o: Selec
     return _scored(inputs.memo[key], budget_n, seed)
 
 
+def _semdedup(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOptions) -> Picked:
+    # the redundancy scores depend on the seed (k-means), not on the budget or threshold
+    key = ("semdedup", o.n_clusters, seed)
+    if key not in inputs.memo:
+        inputs.memo[key] = field.semdedup_redundancy(inputs.get(FEATURES), o.n_clusters, seed, device=o.device)
+    idx = field.semdedup(inputs.get(FEATURES), budget_n, n_clusters=o.n_clusters,
+                         threshold=o.semdedup_threshold, seed=seed, redundancy=inputs.memo[key])
+    return Picked(idx, inputs.memo[key][idx])
+
+
+def _ifd(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOptions) -> Picked:
+    ifd = inputs.get(IFD)
+    idx = field.ifd_select(ifd, budget_n, seed)
+    return Picked(idx, np.asarray(ifd, dtype=np.float64)[idx])
+
+
+def _coincide(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOptions) -> Picked:
+    idx, scores = field.coincide(inputs.get(ACTIVATIONS), budget_n, n_clusters=o.coincide_clusters,
+                                 temperature=o.coincide_temperature, kernel_width=o.coincide_kernel_width,
+                                 seed=seed, device=o.device)
+    return Picked(idx, scores)
+
+
 _SF = (FEATURES,)
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("self_filter_scores", (DIFFICULTY_SCORES, *_SF), _self_filter(DIFFICULTY_SCORES),
@@ -151,6 +182,17 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "highest judge rating (ties: seeded shuffle)"),
     Method("prototypicality", (FEATURES,), _prototypicality,
            "k-means on CLIP features; farthest from the nearest centroid first"),
+    Method("clip_score", (CLIP_SCORE,), lambda i, n, s, o: _scored(i.get(CLIP_SCORE), n, s),
+           "highest CLIP image-text similarity (DataComp's CLIP-score filter)"),
+    Method("semdedup", (FEATURES,), _semdedup,
+           "SemDeDup: k-means on CLIP features, drop within-cluster near-duplicates, random fill"),
+    Method("ifd", (IFD,), _ifd,
+           "highest Instruction-Following Difficulty among IFD < 1 (Cherry LLM), base model"),
+    Method("coincide", (ACTIVATIONS,), _coincide,
+           "COINCIDE: spherical k-means on base-model activations, transferability/density shares, "
+           "MMD prototypes"),
+    Method("less", (LESS,), lambda i, n, s, o: _scored(i.get(LESS), n, s),
+           "LESS: highest projected-gradient cosine to a held-out target set"),
     Method("full", (), lambda i, n, s, o: _unscored(baselines.full(i.n_pool)[:n]),
            "the whole pool", deterministic=True, budgets=(1.0,)),
     Method("oracle_clean", (CLEAN,),

@@ -1,4 +1,4 @@
-"""params.yaml sections ``stage1``, ``finetune`` and ``el2n``.
+"""params.yaml sections ``stage1``, ``finetune``, ``el2n``, ``ifd`` and ``less``.
 
 Defaults are the embedded CPU setting (a ~0.6M-parameter LLaVA): its learning rates are far
 above the paper's 2e-5 for a 7B model because a tiny randomly-initialised-then-pretrained model
@@ -69,3 +69,36 @@ class EL2NConfig(OptimSection):
     score_batch_size: int = Field(128, ge=1)
     chunk_tokens: int = Field(1024, ge=1)             # supervised tokens per softmax chunk
     group_by_length: bool = True
+
+
+class IFDConfig(Section):
+    """params ``ifd``: one scoring pass of the base model for ``ifd`` (Cherry LLM's IFD) and
+    ``coincide`` (multi-layer activations). No training: the model is scored as it is."""
+
+    batch_size: int = Field(32, ge=1)
+    max_length: int | None = Field(512, ge=8)         # tokens, image tokens included
+    dtype: str = "float32"                            # weights: float32 | bfloat16 | float16
+    device: str = "auto"                              # auto (cuda if present) | cpu | cuda
+    # indices into the model's hidden states (0 = embeddings, -1 = last layer) pooled for coincide
+    activation_layers: list[int] = Field(default=[-1], min_length=1)
+    activation_dtype: Literal["float32", "float16"] = "float32"  # activations.npy (N x layers x hidden)
+
+
+class LESSConfig(Section):
+    """params ``less``: per-sample gradient features (LESS, Xia et al. 2024)."""
+
+    params: list[str] = Field(default=["multi_modal_projector", "lm_head"], min_length=1)  # regexes on parameter names
+    proj_dim: int = Field(512, ge=1)                  # random projection size (paper: 8192)
+    projection: Literal["rademacher", "countsketch"] = "rademacher"  # dense (paper) | sparse (P work per sample)
+    proj_seed: int = 0
+    max_length: int | None = Field(512, ge=8)
+    dtype: str = "float32"
+    device: str = "auto"
+    flush_every: int = Field(64, ge=1)                # gradients projected together
+    # target set: "shapes" generates fresh held-out questions (seed = data.shapes.seed + offset;
+    # never the benchmark's own); "llava" reads a LLaVA-format file of dev examples
+    target: Literal["shapes", "llava"] = "shapes"
+    n_target: int = Field(32, ge=1)
+    target_seed_offset: int = Field(1000, ge=1)
+    target_annotations: str | None = None             # llava: JSON array / JSONL
+    target_image_dir: str | None = None               # llava: folder its image paths are relative to

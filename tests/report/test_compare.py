@@ -123,3 +123,16 @@ def test_compare_stage_writes_everything_then_fails_on_calibration(tmp_path):
     assert json.loads((out / "calibration.json").read_text())["calibrated"] is False
     params.write_text("compare:\n  fail_on_calibration: false\n")
     assert main(args) == 0
+
+
+def test_cost_table_charges_the_scoring_stage(tmp_path):
+    from synthetic_grid import build_grid
+
+    grid = build_grid(tmp_path)
+    for meta_path in (grid / "selections" / "self_filter_scores").glob("*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps({**meta, "scoring": {"wall_s": 42.0, "model_passes": 2, "sources": []}}))
+    md = _report(grid).markdown()
+    assert "scoring s (passes)" in md
+    assert any(line.startswith("| self_filter_scores | 15% |") and line.endswith("| 42.0 (2) |") for line in md.splitlines())
+    assert any(line.startswith("| random | 15% |") and line.endswith("| - |") for line in md.splitlines())

@@ -12,7 +12,9 @@ def _inputs(calls):
     arrays = {reg.DIFFICULTY_SCORES: rng.normal(size=N), reg.DIFFICULTY_CLIP: rng.normal(size=N),
               reg.FEATURES: rng.normal(size=(N, 8)).astype(np.float32),
               reg.JUDGE: rng.integers(0, 11, N).astype(float), reg.EL2N: rng.random(N),
-              reg.CLEAN: rng.random(N) < 0.7}
+              reg.CLEAN: rng.random(N) < 0.7, reg.CLIP_SCORE: rng.random(N),
+              reg.IFD: np.where(rng.random(N) < 0.1, np.nan, rng.random(N) * 1.5),
+              reg.ACTIVATIONS: rng.normal(size=(N, 8)).astype(np.float32), reg.LESS: rng.normal(size=N)}
 
     def loader(name):
         def load():
@@ -33,7 +35,8 @@ def test_unknown_method_lists_the_valid_names():
 def test_names_and_the_control_flag():
     assert set(reg.METHODS) == {"self_filter_scores", "self_filter_clip", "self_filter_nodiv",
                                 "self_filter_easiest", "random", "el2n", "alpagasus",
-                                "prototypicality", "full", "oracle_clean"}
+                                "prototypicality", "full", "oracle_clean",
+                                "clip_score", "semdedup", "ifd", "coincide", "less"}
     assert [m.name for m in reg.METHODS.values() if m.control] == ["oracle_clean"]
     assert reg.METHODS["full"].budgets == (1.0,)
 

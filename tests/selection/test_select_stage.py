@@ -90,3 +90,32 @@ def test_user_errors_are_one_line(fake, capsys):
     pd.DataFrame({"uid": [0, 1], "el2n": [0.1, 0.2]}).to_parquet(tmp_path / "short.parquet")
     assert _run(tmp_path, "el2n", el2n=tmp_path / "short.parquet") == 1
     assert "uid=2" in capsys.readouterr().err
+
+
+def test_field_methods_read_their_inputs_and_record_the_scoring_cost(fake):
+    tmp_path, records = fake
+    rng = np.random.default_rng(1)
+    order = rng.permutation(N)
+    pd.DataFrame({"uid": order, "clip_score": rng.random(N)}).to_parquet(tmp_path / "scores.parquet")
+    (tmp_path / "ifd").mkdir()
+    ifd = rng.random(N) * 1.4
+    ifd[5] = np.nan  # undefined IFD is allowed (and never preferred)
+    pd.DataFrame({"uid": np.arange(N), "ifd": ifd}).to_parquet(tmp_path / "ifd" / "scores.parquet")
+    np.save(tmp_path / "ifd" / "activations.npy", rng.normal(size=(N, 6)).astype(np.float32))
+    (tmp_path / "ifd" / "metrics.json").write_text(json.dumps({"wall_s": 12.5, "model_passes": 2}))
+    (tmp_path / "less").mkdir()
+    pd.DataFrame({"uid": order, "less": rng.normal(size=N)}).to_parquet(tmp_path / "less" / "scores.parquet")
+    paths = {"features": tmp_path / "clip.npy", "clip-scores": tmp_path / "scores.parquet",
+             "ifd": tmp_path / "ifd" / "scores.parquet", "activations": tmp_path / "ifd" / "activations.npy",
+             "less": tmp_path / "less" / "scores.parquet"}
+    for method in ("clip_score", "semdedup", "ifd", "coincide", "less"):
+        assert _run(tmp_path, method, **paths) == 0, method
+        meta = json.loads((tmp_path / "sel" / method / "b0.25_s0" / "meta.json").read_text())
+        assert meta["n_selected"] == 10
+        if method in ("ifd", "coincide"):
+            assert meta["scoring"]["wall_s"] == 12.5 and meta["scoring"]["model_passes"] == 2
+        else:
+            assert meta["scoring"] is None  # no metrics.json beside less here; feature-only methods have none
+    trace = pd.read_parquet(tmp_path / "sel" / "ifd" / "b0.25_s0" / "trace.parquet")
+    assert (trace["score"] < 1).all() and 5 not in trace["uid"].tolist()
+    assert _run(tmp_path, "clip_score", features=tmp_path / "clip.npy") == 1  # --clip-scores missing

@@ -189,7 +189,7 @@ def reference_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int
 
 def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int = 10,
                    gamma: float = 1.0, penalty: str = "reference", device: str = "cpu",
-                   backend: str = "auto", precision: str = "auto", block_size: int | None = None,
+                   backend: str = "auto", precision: str = "auto", block_size: int = 512,
                    slack: int | None = None, show_progress: bool = False) -> GreedyResult:
     """Self-Filter stage 2, fast and exact: the picks and scores of :func:`reference_greedy`.
 
@@ -203,7 +203,7 @@ def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int =
         (k-means cells with certified radii; pays off on data with structure) or "auto" (probe).
     precision: of the dense product: "bfloat16" (only fast where native), "float32", or "auto"
         (bf16 where the CPU/GPU does it natively, measured; float32 otherwise).
-    block_size: neighbour lists computed together (default 512 dense, 64 clustered).
+    block_size: neighbour lists computed together (default 512: the hardest samples without one).
     slack: extra shortlist depth so cached lists survive later picks (default max(4, k // 2)).
     """
     from selfilter.selection.neighbours import build_index
@@ -225,8 +225,6 @@ def diverse_greedy(difficulty: Any, features: Any, budget: int, k_nearest: int =
                                   precision=precision, device=device, k=k, slack=slack,
                                   show_progress=show_progress)
         stats.update(info)
-        if block_size is None:
-            block_size = 256 if info["backend"] == "clustered" else 512
     stats["seconds_index"] = time.perf_counter() - t0
     seconds_lists = 0.0
     cache: dict[int, tuple] = {}

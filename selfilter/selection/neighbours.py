@@ -45,7 +45,7 @@ _UNIT = {"float32": _U32, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
 # Slack for float64 rounding in norms, canonical cosines, arccos/cos (all ~1e-15), generously.
 _MARGIN = 1e-9
 _CHUNK = 2048  # rows per chunk of whole-pool passes (bounded transient memory)
-_SCAN_SHARE_FLOAT32 = 0.06  # auto: cells if a query scans at most this share (dense in float32)
+_SCAN_SHARE = 0.06  # auto: cells if a query would scan at most this share of the pool
 _SUB_BLOCK_BYTES = 0.25  # a dense sub-product [b, N] may take this share of the features' bytes
 
 
@@ -621,9 +621,10 @@ def build_index(features: Any, norms: np.ndarray, *, backend: str = "auto", prec
         frac = _probe(sample, xs, tree, k + slack, m / n, seed)
         info["probe_scan_fraction"] = frac
         # Scanning a row costs ~17x a row of the dense float32 product (measured, 158K x 1,536:
-        # benchmarks/README.md), so cells pay off below ~6% of the pool - less where the dense
-        # product runs in native bf16, by the measured bf16 speed-up.
-        limit = _SCAN_SHARE_FLOAT32 / (max(1.0, bf16_speedup(str(device))) if prec == "bfloat16" else 1.0)
+        # benchmarks/README.md), so cells pay off below ~6% of the pool. Not less with native
+        # bf16: its wider error band makes the dense path rescore far more candidates where
+        # neighbourhoods are dense (CLIP-like pool: 221 s dense bf16 against 53 s in cells).
+        limit = _SCAN_SHARE
         info["probe_scan_limit"] = limit
         if frac > limit:
             info["backend"] = "dense"

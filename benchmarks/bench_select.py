@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", choices=["auto", "dense", "clustered"])
     p.add_argument("--precision", default="auto", choices=["auto", "bfloat16", "float32"])
-    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--block-size", type=int, default=512, help="neighbour lists computed together")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)

@@ -620,10 +620,10 @@ def build_index(features: Any, norms: np.ndarray, *, backend: str = "auto", prec
     if backend == "auto":
         frac = _probe(sample, xs, tree, k + slack, m / n, seed)
         info["probe_scan_fraction"] = frac
-        # Scanning a row costs ~17x a row of the dense float32 product (measured, 158K x 1,536:
+        # Scanning a row costs ~12x a row of the dense float32 product (measured, 158K x 1,536:
         # benchmarks/README.md), so cells pay off below ~6% of the pool. Not less with native
         # bf16: its wider error band makes the dense path rescore far more candidates where
-        # neighbourhoods are dense (CLIP-like pool: 221 s dense bf16 against 53 s in cells).
+        # neighbourhoods are dense (CLIP-like pool: 221 s dense bf16 against 38 s in cells).
         limit = _SCAN_SHARE
         info["probe_scan_limit"] = limit
         if frac > limit:

@@ -20,11 +20,12 @@ compute, so nothing whose canonical similarity reaches the threshold is ever dro
   ``cos(max(0, angle(q, centre_c) - radius_c))``; cells are scanned best bound first and the
   scan stops once no unscanned cell can reach the threshold. On data with structure (real CLIP
   features, near-duplicates, clusters) a query touches a few cells instead of the pool.
-  Centre angles and radii are computed in float64; scanned members come from a float16 copy in
-  cell order (half the memory of float32) with each row's quantisation error measured.
+  Cells come from a two-level k-means tree fitted on a sample; radii and scanned similarities
+  are float32 values with their error bound; members are gathered from the caller's features
+  (no copy).
 
-``choose_backend`` picks between them: ``auto`` builds the k-means cells on a sample first and
-keeps them only if a probe shows that queries would scan a small share of the pool.
+``build_index`` picks between them: ``auto`` fits the cells on a sample first and keeps them
+only if a probe shows that a query would scan at most 6% of the pool.
 """
 from __future__ import annotations
 

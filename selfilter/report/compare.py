@@ -323,7 +323,8 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
     out += ["## Recipe", "", f"- Fine-tuning recipe: **{recipe.get('recipe', 'unknown')}**"
             + (f" ({recipe['detail']})" if recipe.get("detail") else "") + ".",
             (f"- Scores: mean ± half-width of the {cfg.confidence:.0%} t-interval over seeds; "
-            f"overall = mean of each task's primary metric ({', '.join(primaries)}); "
+            f"overall = mean of each task's primary metric "
+            f"({', '.join(x for x in primaries if x.split('/', 1)[0] not in cfg.diagnostic_tasks)}); "
             f"relative to full = overall / {cfg.reference_method}'s overall."),
             "- Controls (read the hidden imperfection labels) are shown for calibration and never ranked.", ""]
     base = cfg.baseline_method

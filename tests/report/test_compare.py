@@ -98,6 +98,7 @@ def test_diagnostic_tasks_stay_out_of_overall_and_calibration(grid):
     assert "full_beats_majority[count]" in names and not any("vqa/" in n for n in names)
     assert report.qtypes["vqa/color"]["diagnostic"] and not report.qtypes["count"]["diagnostic"]
     assert "| vqa/color (diagnostic) | 3 |" in report.markdown()
+    assert "primary metric (shapes_count/exact_match, shapes_pope/accuracy);" in report.markdown()
 
 
 def test_minimum_detectable_difference_per_budget_next_to_the_gaps(grid):

@@ -127,7 +127,7 @@ def _train_one(job: _Job) -> tuple[str, int, float, float]:
     data = pool.subset([position[r["uid"]] for r in job.records])
     steps = recipe_steps(len(data), spec.budget, recipe=cfg.recipe, epochs=cfg.epochs,
                          reference_budget=cfg.reference_budget, batch_size=cfg.batch_size,
-                         world=accelerator.num_processes)
+                         world=accelerator.num_processes, steps=cfg.steps)
     model, _ = load_vlm(args.model, cfg.dtype, "cpu")
     seed = spec.seed + cfg.seed_offset
     result = finetune(model, data, encoder.pad_token_id, accelerator=accelerator, num_steps=steps, lr=cfg.lr,

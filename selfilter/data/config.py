@@ -56,6 +56,7 @@ class BenchSizes(Section):
     pope_per_split: int = Field(100, ge=0)
     count: int = Field(100, ge=0)
     desc: int = Field(50, ge=0)
+    binding: int = Field(0, ge=0)   # diagnostic object-binding questions (task shapes_binding, outside overall)
 
 
 class ShapesConfig(Section):

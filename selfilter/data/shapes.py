@@ -11,13 +11,15 @@ names one object. Objects sit at their cell centre with +-1 px jitter: position 
 middle / right, top / middle / bottom) are never ambiguous, and the image is still unique.
 
 Samples (LLaVA-Instruct's three categories, ``category`` key on each record):
-- ``conversation``: 2-4 short-answer turns about colour, shape, size, count, existence, position
-  and left/above relations;
+- ``conversation``: 2-4 short-answer turns of whole-image questions: how many objects, how many
+  of a shape / colour, is there a shape / a colour (:data:`CONVERSATION_TYPES`);
 - ``detail``: "Describe the image in detail." -> :func:`describe_scene` (every object with
   size, colour, shape and place);
-- ``reasoning``: 1-2 multi-step questions: counting under a spatial condition ("how many objects
-  are to the left of the blue square?"), count comparisons, size comparisons.
-Short-answer questions end with ``"\\nAnswer with a single word."`` (LLaVA-1.5's short-answer
+- ``reasoning``: 1-2 count comparisons ("Are there more circles than squares?").
+The pool asks what a ~0.4M-parameter LLaVA can learn from a few hundred steps; questions that
+bind an attribute to one object ("What color is the circle?", relations) are generated only for
+the diagnostic benchmark and ``benchmarks.learnability`` (docs/TESTBED.md).
+Short-answer questions end with ``"\nAnswer with a single word."`` (LLaVA-1.5's short-answer
 convention; the benchmark questions carry the same suffix, so training and evaluation agree).
 Answers come from a small vocabulary: colour / shape / size words, ``yes``/``no``, position words,
 and counts as numerals (``"0"``-``"9"``, also in ``bench/count.jsonl``). Answers within every
@@ -46,8 +48,15 @@ hashed; 1 in :data:`HELD_OUT_MODULUS` keys is reserved for the benchmarks, and t
 and :func:`caption_pairs` never draw a reserved layout. So benchmark scenes are disjoint from
 training and caption scenes by construction (not just different random draws), whatever the sizes.
 
+Benchmarks (``bench/``, one held-out scene per question): ``count.jsonl`` (how many objects,
+1..6 equally often), ``desc.jsonl`` (descriptions, scored CHAIR-style on categories),
+``pope.jsonl`` (POPE on categories: "Is there a circle?", "Is there a red object?", yes / no and
+shape / colour in equal shares, negatives sampled random / popular / adversarial from the pool's
+category statistics, :func:`negative_category`), ``vqa.jsonl`` (how many of a shape / colour)
+and ``binding.jsonl`` (one object's colour, shape, size, position, relations: diagnostic).
+
 Outputs (:func:`write_dataset`, paths relative to the output folder): ``train.json``,
-``images/NNNNNN.png``, ``scenes.jsonl``, ``imperfections.jsonl``, ``bench/{vqa,pope,count,desc}.jsonl``
+``images/NNNNNN.png``, ``scenes.jsonl``, ``imperfections.jsonl``, ``bench/{vqa,pope,count,desc,binding}.jsonl``
 with ``image`` relative to ``bench/`` (``images/bNNNNN.png``).
 """
 from __future__ import annotations
@@ -372,21 +381,97 @@ def q_larger(objects: Sequence[Obj], rng: random.Random) -> QA | None:
             "yes" if a["size"] == "large" else "no")
 
 
+# Whole-image category questions: what a ~0.4M-parameter LLaVA learns from a few hundred mixed
+# steps (docs/TESTBED.md). A *category* is a shape ("circle") or a colour ("red"), as a COCO
+# class is for POPE: "Is there a circle?" asks about the image as a whole, never about one
+# object's attributes (binding a colour to a shape stays at chance for this model).
+
+CATEGORY_KINDS = ("shape", "color")
+
+
+def category_kind(category: str) -> str:
+    if category in SHAPES:
+        return "shape"
+    if category in COLORS:
+        return "color"
+    raise ValueError(f"unknown category {category!r}; valid: {', '.join((*SHAPES, *COLORS))}")
+
+
+def categories_of(objects: Sequence[Obj]) -> set[str]:
+    """The categories present: every object's shape and colour."""
+    return {o["shape"] for o in objects} | {o["color"] for o in objects}
+
+
+def category_question(category: str) -> str:
+    if category_kind(category) == "shape":
+        return f"Is there a {category} in the image?"
+    return f"Is there a {category} object in the image?"
+
+
+def _q_presence(objects: Sequence[Obj], rng: random.Random, kind: str) -> QA | None:
+    values = SHAPES if kind == "shape" else tuple(COLORS)
+    present = categories_of(objects)
+    yes = [v for v in values if v in present]
+    no = [v for v in values if v not in present]
+    if not yes or not no:
+        # every shape present: asking would always answer "yes" (70% of shape questions on
+        # 1-6 objects), a prior the model would learn instead of the image
+        return None
+    answer = rng.choice(("yes", "no"))
+    return category_question(rng.choice(yes if answer == "yes" else no)), answer
+
+
+def q_exist_shape(objects: Sequence[Obj], rng: random.Random) -> QA | None:
+    return _q_presence(objects, rng, "shape")
+
+
+def q_exist_color(objects: Sequence[Obj], rng: random.Random) -> QA | None:
+    return _q_presence(objects, rng, "color")
+
+
+def q_count_shape(objects: Sequence[Obj], rng: random.Random) -> QA | None:
+    """"How many circles are there?" over every shape, absent ones too (answer 0)."""
+    return _balanced([(f"How many {_plural(s)} are there?", str(sum(o["shape"] == s for o in objects)))
+                      for s in SHAPES], rng)
+
+
+def q_count_color(objects: Sequence[Obj], rng: random.Random) -> QA | None:
+    """"How many red objects are there?" over every colour, absent ones too (answer 0)."""
+    return _balanced([(f"How many {c} objects are there?", str(sum(o["color"] == c for o in objects)))
+                      for c in COLORS], rng)
+
+
+def q_count_total(objects: Sequence[Obj], rng: random.Random) -> QA | None:
+    return "How many objects are there?", str(len(objects))
+
+
 QUESTION_TYPES: dict[str, Callable[[Sequence[Obj], random.Random], QA | None]] = {
     "color": q_color, "shape": q_shape, "size": q_size, "position": q_position, "count": q_count,
     "exist": q_exist, "relation": q_relation,
     "count_where": q_count_where, "compare": q_compare, "larger": q_larger,
+    "exist_shape": q_exist_shape, "exist_color": q_exist_color, "count_shape": q_count_shape,
+    "count_color": q_count_color, "count_total": q_count_total,
 }
-CONVERSATION_TYPES = ("color", "shape", "size", "position", "count", "exist", "relation")
-REASONING_TYPES = ("count_where", "compare", "larger")
-VQA_TYPES = ("color", "shape", "size", "position", "relation", "count_where", "compare", "larger")
+# The pool asks what the benchmarks ask (whole-image categories and counts) plus count
+# comparisons as its "reasoning"; object-binding types stay available to the diagnostic task
+# and to benchmarks.learnability.
+CONVERSATION_TYPES = ("count_total", "count_shape", "count_color", "exist_shape", "exist_color")
+REASONING_TYPES = ("compare",)
+# shapes_vqa: short-answer types counted in the overall score and the calibration.
+VQA_TYPES = ("count_shape", "count_color")
+# shapes_binding: a diagnostic task outside ``overall`` - questions about one object's
+# attributes or relations, which the embedded model does not learn (docs/TESTBED.md).
+BINDING_TYPES = ("color", "shape", "size", "position", "relation", "count_where", "compare", "larger")
 # The answers each benchmark type cycles through (equal shares): the most-common-answer
 # baseline is then 1 / len(values), not whatever a small sample happened to favour.
 BENCH_ANSWERS: dict[str, tuple[str, ...]] = {
     "color": tuple(COLORS), "shape": SHAPES, "size": SIZES,
     "position": ("left", "right", "top", "bottom", "middle"),
     "relation": ("yes", "no"), "count_where": ("0", "1", "2", "3"), "compare": ("yes", "no"),
-    "larger": ("yes", "no"),
+    "larger": ("yes", "no"), "exist": ("yes", "no"),
+    "exist_shape": ("yes", "no"), "exist_color": ("yes", "no"),
+    "count_shape": ("0", "1", "2", "3"), "count_color": ("0", "1", "2", "3"),
+    "count_total": tuple(str(i) for i in range(1, 7)),
 }
 
 
@@ -398,8 +483,8 @@ def ask(objects: Sequence[Obj], rng: random.Random, qtypes: Sequence[str]) -> tu
         qa = QUESTION_TYPES[qtype](objects, rng)
         if qa is not None:
             return qtype, qa
-    # every scene supports colour questions; reasoning types fall back to them
-    return "color", q_color(objects, rng)  # type: ignore[return-value]
+    # every scene supports a total count; types a scene cannot support fall back to it
+    return "count_total", q_count_total(objects, rng)  # type: ignore[return-value]
 
 
 def balanced_question(qtype: str, k: int, draw_scene: Callable[[], list[Obj]], rng: random.Random,
@@ -483,7 +568,7 @@ def wrong_answer(qtype: str, question: str, answer: str) -> str:
     if qtype == "position":
         axis = COLS if "on the left" in question else ROWS
         return axis[(axis.index(answer) + 1) % GRID]
-    if qtype in ("count", "count_where"):
+    if qtype in ("count", "count_where", "count_shape", "count_color", "count_total"):
         return str(int(answer) + 1)
     if answer in ("yes", "no"):
         return "no" if answer == "yes" else "yes"
@@ -616,10 +701,43 @@ def shifted(objects: Sequence[Obj], shift: tuple[int, int]) -> list[Obj]:
     return [{**o, "x": o["x"] + shift[0], "y": o["y"] + shift[1]} for o in objects]
 
 
-def popular_pairs(scenes: Iterable[Sequence[Obj]]) -> list[tuple[str, str]]:
-    """Colour+shape pairs by frequency in the pool, most frequent first (ties by name)."""
-    counts = Counter((o["color"], o["shape"]) for objs in scenes for o in objs)
-    return sorted(((c, s) for c in COLORS for s in SHAPES), key=lambda p: (-counts[p], p))
+@dataclass(frozen=True)
+class CategoryStats:
+    """POPE's negative-sampling statistics of the training pool: how many scenes hold each
+    category (``popular``), and how many hold each pair of categories (``adversarial``)."""
+    scenes_with: dict[str, int]
+    together: dict[tuple[str, str], int]
+
+
+def category_stats(scenes: Iterable[Sequence[Obj]]) -> CategoryStats:
+    with_ = Counter()
+    together = Counter()
+    for objs in scenes:
+        present = sorted(categories_of(objs))
+        with_.update(present)
+        together.update((a, b) for a in present for b in present if a != b)
+    return CategoryStats(dict(with_), dict(together))
+
+
+def negative_category(objects: Sequence[Obj], rng: random.Random, mode: str, kind: str,
+                      stats: CategoryStats | None = None) -> str | None:
+    """An absent category of ``kind`` (shape / color), sampled as POPE samples negatives:
+    ``random`` (uniform), ``popular`` (the one in most pool scenes) or ``adversarial`` (the one
+    that co-occurs most often in the pool with the categories present). None if every category
+    of that kind is present. Ties go to the name, so the choice is deterministic."""
+    values = SHAPES if kind == "shape" else tuple(COLORS)
+    present = categories_of(objects)
+    absent = [v for v in values if v not in present]
+    if not absent:
+        return None
+    if mode == "random":
+        return rng.choice(absent)
+    stats = stats or CategoryStats({}, {})
+    if mode == "popular":
+        return min(absent, key=lambda c: (-stats.scenes_with.get(c, 0), c))
+    if mode == "adversarial":
+        return min(absent, key=lambda c: (-sum(stats.together.get((p, c), 0) for p in present), c))
+    raise ValueError(f"unknown negative mode {mode!r}; valid: random, popular, adversarial")
 
 
 @dataclass
@@ -629,6 +747,10 @@ class Bench:
     pope: list[dict[str, Any]]
     count: list[dict[str, Any]]
     desc: list[dict[str, Any]]
+    binding: list[dict[str, Any]]
+
+
+BENCH_FILES = ("vqa", "pope", "count", "desc", "binding")
 
 
 def bench_image(i: int) -> str:
@@ -636,9 +758,10 @@ def bench_image(i: int) -> str:
 
 
 def generate_bench(seed: int, image_size: int = 32, max_objects: int = 6, *, vqa: int = 200,
-                   pope_per_split: int = 100, count: int = 100, desc: int = 50,
-                   popular: Sequence[tuple[str, str]] = ()) -> Bench:
-    """Held-out benchmarks, one fresh held-out scene per question."""
+                   pope_per_split: int = 100, count: int = 100, desc: int = 50, binding: int = 0,
+                   stats: CategoryStats | None = None) -> Bench:
+    """Held-out benchmarks, one fresh held-out scene per question. ``stats`` (of the training
+    pool, :func:`category_stats`) drive POPE's popular and adversarial negatives."""
     rng = random.Random(f"{seed}:bench")
     scenes: list[list[Obj]] = []
 
@@ -660,14 +783,24 @@ def generate_bench(seed: int, image_size: int = 32, max_objects: int = 6, *, vqa
     pope_rows = []
     for split in ("random", "popular", "adversarial"):
         for i in range(pope_per_split):
-            idx, objs = new_scene()
+            # yes / no alternate, and so do shape / colour categories within each answer: a
+            # model cannot score by guessing from the kind of category asked about
+            kind = CATEGORY_KINDS[(i // 2) % 2]
             if i % 2 == 0:
-                o = rng.choice(objs)
-                pair, answer = (o["color"], o["shape"]), "yes"
+                idx, objs = new_scene()
+                category = rng.choice(sorted(c for c in categories_of(objs) if category_kind(c) == kind))
+                answer = "yes"
             else:
-                pair, answer = negative_pair(objs, rng, split, popular), "no"
+                for _ in range(10_000):
+                    objs = draw_scene()
+                    category = negative_category(objs, rng, split, kind, stats)
+                    if category is not None:
+                        break
+                scenes.append(objs)
+                idx, answer = len(scenes) - 1, "no"
             pope_rows.append({"question_id": f"pope-{split}-{i:05d}", "image": bench_image(idx),
-                              "question": short(existence_question(*pair)), "answer": answer, "split": split})
+                              "question": short(category_question(category)), "answer": answer,
+                              "split": split, "category": category})
     count_rows = []
     for i in range(count):
         idx, objs = new_scene(1 + i % max_objects)  # counts 1..max_objects equally often
@@ -678,7 +811,14 @@ def generate_bench(seed: int, image_size: int = 32, max_objects: int = 6, *, vqa
         idx, objs = new_scene()
         desc_rows.append({"question_id": f"desc-{i:05d}", "image": bench_image(idx),
                           "question": BENCH_DETAIL_PROMPT, "objects": objs})
-    return Bench(scenes, vqa_rows, pope_rows, count_rows, desc_rows)
+    binding_rows = []
+    for i in range(binding):
+        qtype = BINDING_TYPES[i % len(BINDING_TYPES)]
+        objs, qa = balanced_question(qtype, i // len(BINDING_TYPES), draw_scene, rng)
+        scenes.append(objs)
+        binding_rows.append({"question_id": f"binding-{i:05d}", "image": bench_image(len(scenes) - 1),
+                             "question": short(qa[0]), "answer": qa[1], "qtype": qtype})
+    return Bench(scenes, vqa_rows, pope_rows, count_rows, desc_rows, binding_rows)
 
 
 def caption_pairs(seed: int, n: int, image_size: int = 32, max_objects: int = 6) -> list[tuple[Image.Image, str]]:
@@ -714,14 +854,14 @@ def build_files(seed: int, pool_size: int, image_size: int = 32, max_objects: in
         if s.duplicate_of is not None:
             row["duplicate_of"] = sample_id(s.duplicate_of)
         imperfections.append(row)
-    b = generate_bench(seed, image_size, max_objects, popular=popular_pairs(s.objects for s in pool),
+    b = generate_bench(seed, image_size, max_objects, stats=category_stats(s.objects for s in pool),
                        **(bench or {}))
     for i, objs in enumerate(b.scenes):
         files[f"bench/{bench_image(i)}"] = png_bytes(render_scene(objs, image_size))
     files["train.json"] = _json_bytes(records)
     files["scenes.jsonl"] = _jsonl_bytes(scenes)
     files["imperfections.jsonl"] = _jsonl_bytes(imperfections)
-    for name in ("vqa", "pope", "count", "desc"):
+    for name in BENCH_FILES:
         files[f"bench/{name}.jsonl"] = _jsonl_bytes(getattr(b, name))
     return files
 
@@ -769,7 +909,7 @@ def write_dataset(out: str | Path, cfg: Any, progress: bool = True) -> dict[str,
         "params": cfg.model_dump(mode="json"),
         "pool": cfg.pool_size,
         "kinds": dict(sorted(kinds.items())),
-        "bench": {n: files[f"bench/{n}.jsonl"].count(b"\n") for n in ("vqa", "pope", "count", "desc")},
+        "bench": {n: files[f"bench/{n}.jsonl"].count(b"\n") for n in BENCH_FILES},
         "train_json_sha256": hashlib.sha256(files["train.json"]).hexdigest(),
     }
     # the sidecar of train.json (selfilter.io.sidecar_path naming), inside the same atomic swap

@@ -19,6 +19,7 @@ SHAPES_TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "shapes_pope": ("pope.jsonl", ("question_id", "image", "question", "answer", "split")),
     "shapes_count": ("count.jsonl", ("question_id", "image", "question", "answer")),
     "shapes_desc": ("desc.jsonl", ("question_id", "image", "question", "objects")),
+    "shapes_binding": ("binding.jsonl", ("question_id", "image", "question", "answer", "qtype")),
 }
 
 

@@ -20,7 +20,8 @@ from typing import Any
 from selfilter.evaluation.metrics import majority_baseline
 from selfilter.io import read_json, read_jsonl
 from selfilter.report.config import CompareConfig
-from selfilter.report.stats import ranks, relative_to, seed_stats, separated
+from selfilter.report.stats import (min_detectable_difference, pooled_std, ranks, relative_to, seed_stats,
+                                    separated)
 
 MANIFEST_KEYS = ("method", "budget", "seed", "n_selected", "selection", "checkpoint", "eval", "metrics")
 
@@ -49,9 +50,12 @@ class Run:
 
 # ---------------------------------------------------------------- pure parts
 
-def overall_score(metrics: Mapping[str, float], primary: Mapping[str, str], where: str = "") -> float:
-    """Mean of each benchmark task's primary score (tasks = prefixes of ``task/metric`` keys)."""
-    tasks = sorted({k.split("/", 1)[0] for k in metrics if "/" in k})
+def overall_score(metrics: Mapping[str, float], primary: Mapping[str, str], where: str = "",
+                  diagnostic: Iterable[str] = ()) -> float:
+    """Mean of each benchmark task's primary score (tasks = prefixes of ``task/metric`` keys),
+    diagnostic tasks left out."""
+    skip = set(diagnostic)
+    tasks = sorted({k.split("/", 1)[0] for k in metrics if "/" in k} - skip)
     if not tasks:
         raise ValueError(f"{where}: no task metrics")
     scores = []
@@ -92,6 +96,9 @@ def summarize(runs: Sequence[Run], cfg: CompareConfig,
         if kind_by_uid is not None and all(r.uids is not None for r in group):
             shares = [imperfect_share(r.uids, kind_by_uid) for r in group]
             entry["imperfect_share"] = seed_stats(shares, cfg.confidence)["mean"]
+            counts = [imperfect_counts(r.uids, kind_by_uid) for r in group]
+            kinds = sorted(set().union(*counts))
+            entry["imperfect_picked"] = {k: math.fsum(c.get(k, 0) for c in counts) / len(counts) for k in kinds}
         walls = [r.selection_wall_s for r in group if r.selection_wall_s is not None]
         entry["selection_wall_s"] = math.fsum(walls) / len(walls) if walls else None
         entry["scoring"] = group[0].scoring
@@ -101,7 +108,7 @@ def summarize(runs: Sequence[Run], cfg: CompareConfig,
         entry["train_steps"] = math.fsum(steps) / len(steps) if steps else None
         rows[method][_bkey(budget)] = entry
     # Ranks per budget among methods (controls excluded); the reference method competes only at its budget.
-    winners = {}
+    winners, resolution = {}, {}
     for b in sorted({budget for _, budget in groups}):
         contenders = {m: rows[m][_bkey(b)]["metrics"]["overall"]["mean"]
                       for (m, bb) in groups if bb == b and not rows[m][_bkey(b)]["control"]}
@@ -109,11 +116,35 @@ def summarize(runs: Sequence[Run], cfg: CompareConfig,
             rows[m][_bkey(b)]["rank"] = rk
         if contenders:
             winners[_bkey(b)] = min(contenders, key=lambda m: (rows[m][_bkey(b)]["rank"], m))
-    return {"reference_overall": ref_overall, "methods": dict(rows), "winners": winners}
+        resolution[_bkey(b)] = grid_resolution([rows[m][_bkey(b)]["metrics"]["overall"]
+                                                for (m, bb) in groups if bb == b], cfg.confidence)
+    return {"reference_overall": ref_overall, "methods": dict(rows), "winners": winners, "resolution": resolution}
+
+
+def grid_resolution(overall: Sequence[Mapping[str, float]], confidence: float) -> dict[str, float]:
+    """What one budget of the grid can resolve: the pooled seed std of ``overall`` over its
+    (method) groups and the minimum detectable difference between two methods at the grid's
+    number of seeds (the smallest group's, the conservative choice)."""
+    std, dof = pooled_std(overall)
+    seeds = min((int(g["n"]) for g in overall), default=0)
+    return {"pooled_std": std, "dof": dof, "n_seeds": seeds,
+            "mdd": min_detectable_difference(std, seeds, confidence), "confidence": confidence}
 
 
 def _bkey(budget: float) -> str:
     return f"{float(budget):g}"
+
+
+def imperfect_counts(uids: Sequence[int], kind_by_uid: Mapping[int, str]) -> dict[str, int]:
+    """How many selected records carry each known imperfection (``clean`` not counted)."""
+    missing = [u for u in uids if u not in kind_by_uid]
+    if missing:
+        raise ValueError(f"uid={missing[0]}: no hidden imperfection label")
+    counts: dict[str, int] = defaultdict(int)
+    for u in uids:
+        if kind_by_uid[u] != "clean":
+            counts[kind_by_uid[u]] += 1
+    return dict(sorted(counts.items()))
 
 
 def imperfect_share(uids: Sequence[int], kind_by_uid: Mapping[int, str]) -> float:
@@ -126,15 +157,18 @@ def imperfect_share(uids: Sequence[int], kind_by_uid: Mapping[int, str]) -> floa
     return sum(1 for u in uids if kind_by_uid[u] != "clean") / len(uids)
 
 
-def question_types(bench: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Each question type of the embedded benchmarks with the metric that scores it and the
-    accuracy of always giving its most common answer (normalised like the scorer does)."""
+def question_types(bench: Mapping[str, Sequence[Mapping[str, Any]]],
+                   diagnostic: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Each question type of the embedded benchmarks with the metric that scores it, the
+    accuracy of always giving its most common answer (normalised like the scorer does), and
+    whether its task is diagnostic (outside ``overall`` and the calibration)."""
     out: dict[str, dict[str, Any]] = {}
-    by_qtype: dict[str, list] = defaultdict(list)
-    for row in bench.get("vqa", ()):
-        by_qtype[row["qtype"]].append(row["answer"])
-    for qtype, answers in sorted(by_qtype.items()):
-        out[f"vqa/{qtype}"] = {"metric": f"shapes_vqa/acc_{qtype}", "answers": answers}
+    for name, task in (("vqa", "shapes_vqa"), ("binding", "shapes_binding")):
+        by_qtype: dict[str, list] = defaultdict(list)
+        for row in bench.get(name, ()):
+            by_qtype[row["qtype"]].append(row["answer"])
+        for qtype, answers in sorted(by_qtype.items()):
+            out[f"{name}/{qtype}"] = {"metric": f"{task}/acc_{qtype}", "answers": answers}
     if bench.get("count"):
         out["count"] = {"metric": "shapes_count/exact_match", "answers": [r["answer"] for r in bench["count"]]}
     by_split: dict[str, list] = defaultdict(list)
@@ -142,10 +176,12 @@ def question_types(bench: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str
         by_split[row["split"]].append(row["answer"])
     for split, answers in sorted(by_split.items()):
         out[f"pope/{split}"] = {"metric": f"shapes_pope/accuracy_{split}", "answers": answers}
+    skip = set(diagnostic)
     for qt in out.values():
         answers = qt.pop("answers")
         qt["majority_answer"], qt["majority_accuracy"] = majority_baseline(answers)
         qt["n"] = len(answers)
+        qt["diagnostic"] = qt["metric"].split("/", 1)[0] in skip
     return out
 
 
@@ -185,15 +221,20 @@ def calibration_checks(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[
                        "difference": diff, "threshold": thr})
     full = group(cfg.reference_method)
     for qt, info in qtypes.items():
+        if info.get("diagnostic"):
+            continue  # outside overall, outside the calibration
         name = f"full_beats_majority[{qt}]"
         stats = full["metrics"].get(info["metric"]) if full else None
         if stats is None:
             checks.append({"name": name, "status": "skipped", "detail": f"{info['metric']}: not evaluated on full"})
             continue
-        ok = stats["mean"] > info["majority_accuracy"]
+        enough = info["n"] >= cfg.min_questions_per_type
+        ok = stats["mean"] > info["majority_accuracy"] and enough
         checks.append({"name": name, "status": "pass" if ok else "fail",
                        "detail": f"{qt}: full {stats['mean']:.4f} vs always '{info['majority_answer']}' "
-                                 f"{info['majority_accuracy']:.4f}",
+                                 f"{info['majority_accuracy']:.4f}, {info['n']} questions"
+                                 + ("" if enough else f" (fewer than {cfg.min_questions_per_type}: one question "
+                                                      f"moves the score by {1 / max(1, info['n']):.3f})"),
                        "difference": stats["mean"] - info["majority_accuracy"]})
     return checks
 
@@ -210,6 +251,16 @@ def _pm(s: Mapping[str, float] | None, digits: int = 3) -> str:
 
 def _num(x: float | None, fmt: str = "{:.2f}") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
+
+
+def _picked(g: Mapping[str, Any]) -> str:
+    """Mean number of known-imperfect records a method picked, by kind, and their share."""
+    picked = g.get("imperfect_picked")
+    if picked is None:
+        return "-"
+    total = math.fsum(picked.values())
+    kinds = ", ".join(f"{k} {v:.0f}" for k, v in picked.items() if v)
+    return f"{total:.0f} of {g['n_selected']} ({_num(g.get('imperfect_share'), '{:.3f}')})" + (f": {kinds}" if kinds else "")
 
 
 def _budget_label(b: str) -> str:
@@ -236,6 +287,11 @@ def verdict_lines(summary: Mapping[str, Any], cfg: CompareConfig) -> list[str]:
             text += (f"; runner-up {runner} ({_pm(r)})"
                      + (" - the 95% intervals overlap, so the order of these two is not established." if overlap
                         else " - separated at 95%."))
+            mdd = summary.get("resolution", {}).get(b, {}).get("mdd", float("nan"))
+            if math.isfinite(mdd):
+                gap = w["mean"] - r["mean"]
+                text += (f" Gap {gap:.3f} {'>' if gap > mdd else '<='} minimum detectable difference {mdd:.3f}"
+                         + (": resolved." if gap > mdd else ": not resolved by this grid."))
         lines.append(text)
         sf = [m for m in ranked if m.startswith("self_filter")]
         if sf and winner not in sf:
@@ -269,19 +325,35 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
     out += ["## Recipe", "", f"- Fine-tuning recipe: **{recipe.get('recipe', 'unknown')}**"
             + (f" ({recipe['detail']})" if recipe.get("detail") else "") + ".",
             (f"- Scores: mean ± half-width of the {cfg.confidence:.0%} t-interval over seeds; "
-            f"overall = mean of each task's primary metric ({', '.join(primaries)}); "
+            f"overall = mean of each task's primary metric "
+            f"({', '.join(x for x in primaries if x.split('/', 1)[0] not in cfg.diagnostic_tasks)}); "
             f"relative to full = overall / {cfg.reference_method}'s overall."),
             "- Controls (read the hidden imperfection labels) are shown for calibration and never ranked.", ""]
-    head = ["method", "seeds", "overall", "% of full", "rank", *primaries, "imperfect share"]
+    base = cfg.baseline_method
+    head = ["method", "seeds", "overall", f"vs {base}", "% of full", "rank", *primaries, "imperfect picked (share)"]
+    resolution = summary.get("resolution", {})
     for b in budgets:
-        out += [f"## Budget {_budget_label(b)}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        res = resolution.get(b, {})
+        mdd = res.get("mdd", float("nan"))
+        out += [f"## Budget {_budget_label(b)}", ""]
+        if math.isfinite(mdd):
+            out += [(f"Minimum detectable difference of this grid at {_budget_label(b)}: **{mdd:.3f}** on overall "
+                     f"({res['confidence']:.0%}, two-sided t-test of two methods with {res['n_seeds']} seeds each; "
+                     f"pooled seed std {res['pooled_std']:.3f}). A gap smaller than it is not resolved; "
+                     f"`vs {base}` marks resolved gaps with *."), ""]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         rows = [(m, methods[m][b]) for m in methods if b in methods[m]]
         rows.sort(key=lambda mg: (mg[1]["control"], mg[1].get("rank", 10**6), mg[0]))
+        ref = methods.get(base, {}).get(b)
         for m, g in rows:
             name = f"{m} (control)" if g["control"] else m
-            cells = [name, str(len(g["seeds"])), _pm(g["metrics"]["overall"]), _num(g["relative_to_full"], "{:.1f}"),
-                     "-" if g["control"] else str(g.get("rank", "-")),
-                     *[_pm(g["metrics"].get(p)) for p in primaries], _num(g.get("imperfect_share"), "{:.3f}")]
+            gap = "-"
+            if ref is not None and m != base:
+                d = g["metrics"]["overall"]["mean"] - ref["metrics"]["overall"]["mean"]
+                gap = f"{d:+.3f}" + ("*" if math.isfinite(mdd) and abs(d) > mdd else "")
+            cells = [name, str(len(g["seeds"])), _pm(g["metrics"]["overall"]), gap,
+                     _num(g["relative_to_full"], "{:.1f}"), "-" if g["control"] else str(g.get("rank", "-")),
+                     *[_pm(g["metrics"].get(p)) for p in primaries], _picked(g)]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     if qtypes:
@@ -289,12 +361,14 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
         shown = [m for m in methods if cb in methods[m]]
         out += ["## Question types vs their most-common-answer baseline", "",
                 (f"Accuracy per question type; baseline = always giving the type's most common answer. "
-                f"Methods at {_budget_label(cb)} unless named full."), "",
+                f"Methods at {_budget_label(cb)} unless named full. Types marked (diagnostic) belong to "
+                f"tasks outside overall and outside the calibration ({', '.join(cfg.diagnostic_tasks) or 'none'})."), "",
                 "| type | n | baseline (answer) | full | " + " | ".join(shown) + " |",
                 "|" + "---|" * (4 + len(shown))]
         full = next(iter(methods.get(cfg.reference_method, {}).values()), None)
         for qt, info in qtypes.items():
-            cells = [qt, str(info["n"]), f"{info['majority_accuracy']:.3f} ({info['majority_answer']})",
+            cells = [qt + (" (diagnostic)" if info.get("diagnostic") else ""), str(info["n"]),
+                     f"{info['majority_accuracy']:.3f} ({info['majority_answer']})",
                      _pm(full["metrics"].get(info["metric"])) if full else "-"]
             cells += [_pm(methods[m][cb]["metrics"].get(info["metric"])) for m in shown]
             out.append("| " + " | ".join(cells) + " |")
@@ -336,7 +410,8 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
 
 # ---------------------------------------------------------------- reading the pipeline's files
 
-def load_runs(selections: Path, runs: Path, evals: Path, primary: Mapping[str, str]) -> list[Run]:
+def load_runs(selections: Path, runs: Path, evals: Path, primary: Mapping[str, str],
+              diagnostic: Iterable[str] = ()) -> list[Run]:
     """Every (method, budget, seed) of ``selections/*/b*_s*/meta.json`` joined with its
     checkpoint and evaluation; a missing piece is an error naming the path."""
     metas = sorted(Path(selections).glob("*/b*_s*/meta.json"))
@@ -353,7 +428,7 @@ def load_runs(selections: Path, runs: Path, evals: Path, primary: Mapping[str, s
         if not metrics_path.is_file():
             raise FileNotFoundError(f"{metrics_path}: no evaluation for {ckpt}")
         metrics = {k: float(v) for k, v in read_json(metrics_path).items()}
-        metrics["overall"] = overall_score(metrics, primary, where=str(metrics_path))
+        metrics["overall"] = overall_score(metrics, primary, where=str(metrics_path), diagnostic=diagnostic)
         train_path = ckpt / "train_log.json"
         train = {k: v for k, v in read_json(train_path).items() if k != "log"} if train_path.is_file() else {}
         trace = meta_path.parent / "trace.parquet"
@@ -388,7 +463,7 @@ def load_hidden_kinds(hidden: Path, records: Path) -> dict[int, str]:
 
 def load_bench(bench: Path) -> dict[str, list[dict[str, Any]]]:
     return {name: read_jsonl(Path(bench) / f"{name}.jsonl")
-            for name in ("vqa", "pope", "count") if (Path(bench) / f"{name}.jsonl").is_file()}
+            for name in ("vqa", "pope", "count", "binding") if (Path(bench) / f"{name}.jsonl").is_file()}
 
 
 def judge_costs(usage: Mapping[str, Any] | None, methods: Iterable[str], cfg: CompareConfig) -> dict[str, dict[str, Any]]:
@@ -440,10 +515,10 @@ def build_report(selections: Path, runs: Path, evals: Path, cfg: CompareConfig, 
                  records: Path | None = None, bench: Path | None = None,
                  judge_usage: Path | None = None) -> Report:
     """Read the pipeline's outputs and compute everything the report shows."""
-    run_list = load_runs(selections, runs, evals, cfg.primary_metrics)
+    run_list = load_runs(selections, runs, evals, cfg.primary_metrics, cfg.diagnostic_tasks)
     kinds = load_hidden_kinds(hidden, records) if hidden and records and Path(hidden).is_file() else None
     summary = summarize(run_list, cfg, kinds)
-    qtypes = question_types(load_bench(bench)) if bench else {}
+    qtypes = question_types(load_bench(bench), cfg.diagnostic_tasks) if bench else {}
     checks = calibration_checks(summary, qtypes, cfg)
     usage = read_json(judge_usage) if judge_usage and Path(judge_usage).is_file() else None
     costs = judge_costs(usage, summary["methods"], cfg)

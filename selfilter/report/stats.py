@@ -61,3 +61,25 @@ def separated(a: Mapping[str, float], b: Mapping[str, float], k: float = 2.0) ->
     std = max(a["std"], b["std"])
     threshold = k * std
     return (bool(math.isfinite(threshold) and diff > threshold), diff, threshold)
+
+
+def pooled_std(groups: Sequence[Mapping[str, float]]) -> tuple[float, int]:
+    """Pooled within-group seed std of ``seed_stats`` results (groups with one seed carry no
+    spread and are skipped): sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)). Returns (std, degrees of
+    freedom); (NaN, 0) when no group has two seeds."""
+    dof = sum(int(g["n"]) - 1 for g in groups if int(g["n"]) > 1 and math.isfinite(g["std"]))
+    if dof == 0:
+        return float("nan"), 0
+    ss = math.fsum((int(g["n"]) - 1) * g["std"] ** 2 for g in groups if int(g["n"]) > 1 and math.isfinite(g["std"]))
+    return math.sqrt(ss / dof), dof
+
+
+def min_detectable_difference(std: float, n_seeds: int, confidence: float = 0.95) -> float:
+    """The smallest difference of two methods' means (``n_seeds`` seeds each, seed std ``std``)
+    that a two-sided two-sample t-test calls significant at ``confidence``:
+    t_{(1+confidence)/2, 2n-2} * std * sqrt(2 / n). A gap below it is not resolved by the grid
+    (it is the least significant difference; detecting it reliably, with power, needs more)."""
+    if n_seeds < 2 or not math.isfinite(std):
+        return float("nan")
+    t = float(_st.t.ppf((1 + confidence) / 2, 2 * n_seeds - 2))
+    return t * std * math.sqrt(2.0 / n_seeds)

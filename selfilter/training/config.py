@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from selfilter.config import Section
 
@@ -51,9 +51,16 @@ class Stage1Config(OptimSection):
 
 
 class FinetuneConfig(OptimSection):
-    recipe: Literal["equal_epochs", "equal_steps"] = "equal_epochs"
+    recipe: Literal["equal_epochs", "equal_steps", "fixed_steps"] = "equal_epochs"
     epochs: float = Field(3.0, gt=0)                  # equal_epochs: on every subset
     reference_budget: float = Field(0.15, gt=0, le=1)  # equal_steps: every subset gets this budget's steps
+    steps: int | None = Field(None, ge=1)             # fixed_steps: every run, whatever its subset size
+
+    @model_validator(mode="after")
+    def _fixed_steps_needs_steps(self) -> FinetuneConfig:
+        if self.recipe == "fixed_steps" and self.steps is None:
+            raise ValueError("recipe fixed_steps needs finetune.steps (optimizer steps of every run)")
+        return self
     seed_offset: int = 0                              # training seed = selection seed + offset
     group_by_length: bool = True                      # LLaVA-style length grouping: less padding, faster
     # Independent runs trained side by side in forked processes of `torch_threads` threads each.

@@ -1,11 +1,13 @@
 """The one fine-tuning recipe every (method, budget, seed) subset gets.
 
-Same base model, same hyperparameters; only the subset and the seed change. Two recipes:
-- ``equal_epochs`` (default, the paper's): ``epochs`` passes over the subset, so a 5% subset gets
-  a third of the optimizer steps of a 15% one;
+Same base model, same hyperparameters; only the subset and the seed change. Three recipes:
+- ``equal_epochs`` (the paper's): ``epochs`` passes over the subset, so a 5% subset gets a third
+  of the optimizer steps of a 15% one;
 - ``equal_steps``: every subset gets the steps ``epochs`` passes over a ``reference_budget``
   subset of the same pool would take (small subsets are repeated, large ones see less than
-  ``epochs`` passes).
+  ``epochs`` passes);
+- ``fixed_steps``: every run gets ``steps`` optimizer steps, full data included - equal training
+  compute per subset, as data-filtering benchmarks (DataComp) fix it.
 Loss: token-mean cross-entropy over answer tokens (LLaVA's). Vision tower frozen by default.
 """
 from __future__ import annotations
@@ -28,15 +30,19 @@ SUBSET_DIR = re.compile(r"^b(?P<budget>[0-9.eE+-]+)_s(?P<seed>-?\d+)$")
 
 
 def recipe_steps(n_subset: int, budget: float, *, recipe: str, epochs: float, reference_budget: float,
-                 batch_size: int, world: int = 1) -> int:
+                 batch_size: int, world: int = 1, steps: int | None = None) -> int:
     """Optimizer steps for a subset of ``n_subset`` samples drawn at ``budget`` (a fraction)."""
+    if recipe == "fixed_steps":
+        if steps is None or steps < 1:
+            raise ValueError("finetune recipe 'fixed_steps' needs steps >= 1")
+        return int(steps)
     if recipe == "equal_epochs":
         return total_steps(n_subset, batch_size, epochs, world)
     if recipe == "equal_steps":
         # the pool size is implied by the subset (n = round(budget * N))
         n_reference = max(1, round(reference_budget * n_subset / budget))
         return total_steps(n_reference, batch_size, epochs, world)
-    raise ValueError(f"unknown finetune recipe '{recipe}' (valid: equal_epochs, equal_steps)")
+    raise ValueError(f"unknown finetune recipe '{recipe}' (valid: equal_epochs, equal_steps, fixed_steps)")
 
 
 def finetune(model: nn.Module, dataset, pad_token_id: int, *, accelerator, num_steps: int, lr: float,

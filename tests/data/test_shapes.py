@@ -13,7 +13,7 @@ from selfilter.cli import main as cli_main
 from selfilter.data import shapes as S
 from selfilter.data.ingest import ingest_records
 
-SMALL = {"bench": {"vqa": 40, "pope_per_split": 20, "count": 12, "desc": 6}}
+SMALL = {"bench": {"vqa": 40, "pope_per_split": 20, "count": 12, "desc": 6, "binding": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_images_are_small_rgb_pngs(files):
 
 def test_benchmark_scenes_disjoint_from_training_and_captions(files):
     train_keys = {S.layout_key(s["objects"]) for s in jsonl(files["scenes.jsonl"])}
-    bench_rows = [r for n in ("vqa", "pope", "count", "desc") for r in jsonl(files[f"bench/{n}.jsonl"])]
+    bench_rows = [r for n in S.BENCH_FILES for r in jsonl(files[f"bench/{n}.jsonl"])]
     assert all(f"bench/{r['image']}" in files for r in bench_rows)
     bench_images = {r["image"] for r in bench_rows}
     assert len(bench_images) == len(bench_rows)  # one scene per question
@@ -133,8 +133,28 @@ def _truth(question: str, objects) -> str | None:
     if q.startswith(("Describe", "Give", "What is in")):
         return S.describe_scene(objects)
     if q.startswith("Is there a "):
-        color, shape = q[len("Is there a "):].split()[:2]
-        return "yes" if any(o["color"] == color and o["shape"] == shape for o in objects) else "no"
+        words = q[len("Is there a "):].split()
+        if words[0] in S.SHAPES:  # category presence: a shape
+            hit = any(o["shape"] == words[0] for o in objects)
+        elif words[1] == "object":  # category presence: a colour
+            hit = any(o["color"] == words[0] for o in objects)
+        else:
+            hit = any(o["color"] == words[0] and o["shape"] == words[1] for o in objects)
+        return "yes" if hit else "no"
+    if q.startswith("How many ") and q.endswith(" are there?"):
+        what = q[len("How many "):-len(" are there?")]
+        if what.endswith("s") and what[:-1] in S.SHAPES:
+            return str(sum(o["shape"] == what[:-1] for o in objects))
+        if what.split()[0] in S.COLORS:
+            return str(sum(o["color"] == what.split()[0] for o in objects))
+    if q.startswith("Are there more ") and q.endswith("?"):
+        a, b = q[len("Are there more "):-1].split(" than ")
+        def count(phrase):
+            word = phrase.split()[0]
+            if word in S.COLORS:
+                return sum(o["color"] == word for o in objects)
+            return sum(o["shape"] == word[:-1] for o in objects)
+        return "yes" if count(a) > count(b) else "no"
     return None
 
 
@@ -175,6 +195,11 @@ def test_corrupt_scene_is_a_consistent_mapping():
     ("count", "How many objects are there?", "6", "7"),
     ("relation", "Is the red circle above the blue square?", "yes", "no"),
     ("compare", "Are there more circles than squares?", "no", "yes"),
+    ("exist_shape", "Is there a circle in the image?", "yes", "no"),
+    ("exist_color", "Is there a red object in the image?", "no", "yes"),
+    ("count_shape", "How many circles are there?", "0", "1"),
+    ("count_color", "How many red objects are there?", "2", "3"),
+    ("count_total", "How many objects are there?", "6", "7"),
 ])
 def test_wrong_answer_rules(qtype, question, answer, wrong):
     assert S.wrong_answer(qtype, question, answer) == wrong
@@ -196,32 +221,73 @@ def test_truncated_samples_never_have_an_empty_answer():
 
 def test_bench_answers_balanced_and_well_formed(files):
     vqa = jsonl(files["bench/vqa.jsonl"])
-    assert Counter(r["qtype"] for r in vqa) == {t: 5 for t in S.VQA_TYPES}
-    for t in S.VQA_TYPES:  # answers cycle through the type's values: no answer is favoured
-        got = Counter(r["answer"] for r in vqa if r["qtype"] == t)
-        values = S.BENCH_ANSWERS[t]
-        assert set(got) <= set(values) and max(got.values()) == -(-5 // len(values)), (t, got)
-    for r in vqa + jsonl(files["bench/pope.jsonl"]) + jsonl(files["bench/count.jsonl"]):
+    binding = jsonl(files["bench/binding.jsonl"])
+    for rows, types, per_type in ((vqa, S.VQA_TYPES, 20), (binding, S.BINDING_TYPES, 2)):
+        assert Counter(r["qtype"] for r in rows) == {t: per_type for t in types}
+        for t in types:  # answers cycle through the type's values: no answer is favoured
+            got = Counter(r["answer"] for r in rows if r["qtype"] == t)
+            values = S.BENCH_ANSWERS[t]
+            assert set(got) <= set(values) and max(got.values()) == -(-per_type // len(values)), (t, got)
+    for r in vqa + binding + jsonl(files["bench/pope.jsonl"]) + jsonl(files["bench/count.jsonl"]):
         assert r["question"].endswith("\nAnswer with a single word.")
         assert " " not in r["answer"]
     pope = jsonl(files["bench/pope.jsonl"])
-    assert Counter((r["split"], r["answer"]) for r in pope) == {
-        (s, a): 10 for s in ("random", "popular", "adversarial") for a in ("yes", "no")}
+    # yes / no, and shape / colour categories within each answer, in equal shares per split
+    assert Counter((r["split"], r["answer"], S.category_kind(r["category"])) for r in pope) == {
+        (s, a, k): 5 for s in ("random", "popular", "adversarial") for a in ("yes", "no") for k in S.CATEGORY_KINDS}
     count = jsonl(files["bench/count.jsonl"])
     assert Counter(r["answer"] for r in count) == {str(n): 2 for n in range(1, 7)}
     desc = jsonl(files["bench/desc.jsonl"])
     assert all(r["objects"] and {"shape", "color", "size", "x", "y"} <= set(r["objects"][0]) for r in desc)
 
 
-def test_pope_negatives_are_absent_and_adversarial_differs_by_one_attribute():
-    b = S.generate_bench(2, vqa=0, pope_per_split=30, count=0, desc=0,
-                         popular=[("red", "circle"), ("blue", "square")])
-    for row, objs in zip(b.pope, b.scenes):
-        color, shape = row["question"].split()[3:5]
-        present = any(o["color"] == color and o["shape"] == shape for o in objs)
-        assert present == (row["answer"] == "yes")
-        if row["answer"] == "no" and row["split"] == "adversarial":
-            assert any(o["color"] == color or o["shape"] == shape for o in objs)
+def test_pope_asks_category_presence_with_pope_negative_sampling():
+    pool_scenes = [s.objects for s in S.generate_pool(4, 300)]
+    stats = S.category_stats(pool_scenes)
+    b = S.generate_bench(2, vqa=0, pope_per_split=40, count=0, desc=0, stats=stats)
+    scene_of = {S.bench_image(i): objs for i, objs in enumerate(b.scenes)}
+    for row in b.pope:
+        objs, cat = scene_of[row["image"]], row["category"]
+        assert row["question"].startswith(S.category_question(cat))
+        assert (cat in S.categories_of(objs)) == (row["answer"] == "yes")
+        if row["answer"] == "no":
+            kind = S.category_kind(cat)
+            absent = [c for c in (S.SHAPES if kind == "shape" else S.COLORS) if c not in S.categories_of(objs)]
+            if row["split"] == "popular":  # the absent category of that kind in most pool scenes
+                assert stats.scenes_with[cat] == max(stats.scenes_with[c] for c in absent)
+            elif row["split"] == "adversarial":  # ... co-occurring most with what is present
+                def co(c):
+                    return sum(stats.together.get((p, c), 0) for p in S.categories_of(objs))
+                assert co(cat) == max(co(c) for c in absent)
+
+
+def test_category_stats_and_negative_category():
+    objs = [{"shape": "circle", "color": "red"}, {"shape": "square", "color": "blue"}]
+    stats = S.category_stats([objs, [{"shape": "triangle", "color": "red"}]])
+    assert stats.scenes_with == {"circle": 1, "square": 1, "red": 2, "blue": 1, "triangle": 1}
+    assert stats.together[("red", "triangle")] == 1 and stats.together[("circle", "square")] == 1
+    rng = random.Random(0)
+    assert S.negative_category(objs, rng, "popular", "shape", stats) == "triangle"
+    assert S.negative_category(objs, rng, "adversarial", "color", stats) == "green"  # all tie: by name
+    assert S.negative_category(objs, rng, "random", "color") in {"green", "yellow", "white"}
+    three = objs + [{"shape": "triangle", "color": "green"}]
+    assert S.negative_category(three, rng, "random", "shape") is None
+    with pytest.raises(ValueError, match="random, popular, adversarial"):
+        S.negative_category(objs, rng, "hard", "shape", stats)
+
+
+def test_default_benchmark_has_at_least_50_questions_per_reported_type():
+    """The calibration's per-type check needs >= 50 questions a type (one question then moves a
+    score by 2 points at most); the default params must provide them."""
+    from pathlib import Path
+
+    from selfilter.config import load_section
+    from selfilter.data.config import DataConfig
+
+    bench = load_section("data", DataConfig, Path(__file__).parents[2] / "params.yaml").shapes.bench
+    assert bench.vqa // len(S.VQA_TYPES) >= 50
+    assert bench.pope_per_split >= 50
+    assert bench.count >= 50 and bench.count % 6 == 0  # counts 1..6 in equal shares
 
 
 def test_short_answer_types_are_balanced_in_training():
@@ -237,8 +303,9 @@ def test_short_answer_types_are_balanced_in_training():
     for t, c in answers.items():
         majority = c.most_common(1)[0][1] / sum(c.values())
         assert majority < 0.6, (t, c.most_common(3))
-    assert set(answers["exist"]) == {"yes", "no"}
-    assert 0.45 < answers["exist"]["yes"] / sum(answers["exist"].values()) < 0.55
+    for t in ("exist", "exist_shape", "exist_color"):
+        assert set(answers[t]) == {"yes", "no"}
+        assert 0.45 < answers[t]["yes"] / sum(answers[t].values()) < 0.55, (t, answers[t])
 
 
 def test_references_are_unambiguous():

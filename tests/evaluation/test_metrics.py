@@ -54,22 +54,34 @@ def test_caption_mentions_plurals_and_colours():
     assert M.caption_mentions("a large triangle") == [(None, "triangle")]
 
 
-def test_chair_item_counts_hallucinated_mentions_and_recall():
-    item = M.chair_item("There are 3 objects: a red circle, a green square and a triangle.", SCENE)
+def test_chair_item_object_level_counts_hallucinated_mentions_and_recall():
+    item = M.chair_item("There are 3 objects: a red circle, a green square and a triangle.", SCENE, level="object")
     # mentions: red circle (ok), green square (colour wrong -> hallucinated), triangle (absent)
     # distinct scene objects: (red, circle), (blue, square) -> recalled: red circle only
     assert item == {"mentions": 3, "hallucinated": 2, "recalled": 1, "objects": 2}
 
 
+def test_chair_item_category_level_counts_mentioned_absent_categories():
+    item = M.chair_item("There are 3 objects: a red circle, a green square and a triangle.", SCENE)
+    # categories mentioned: red, circle, green, square, triangle; present: red, blue, circle, square
+    # hallucinated: green, triangle; recalled: red, circle, square (blue is missed)
+    assert item == {"mentions": 5, "hallucinated": 2, "recalled": 3, "objects": 4}
+    # each category counts once per caption, plurals included
+    assert M.chair_item("two blue squares, a blue square", SCENE) == \
+        {"mentions": 2, "hallucinated": 0, "recalled": 2, "objects": 4}
+    with pytest.raises(ValueError, match="category, object"):
+        M.chair_item("a", SCENE, level="pixel")
+
+
 def test_chair_scores_pool_over_captions():
-    items = [M.chair_item("a red circle and a green square", SCENE),  # 2 mentions, 1 hallucinated
-             M.chair_item("a blue square", SCENE),                    # 1 mention, 0 hallucinated
+    items = [M.chair_item("a red circle and a green square", SCENE),  # 4 categories, 1 hallucinated
+             M.chair_item("a blue square", SCENE),                    # 2 categories, 0 hallucinated
              M.chair_item("nothing to see", SCENE)]                   # no mention
     s = M.chair_scores(items)
-    assert s["chair_i"] == pytest.approx(1 / 3)
+    assert s["chair_i"] == pytest.approx(1 / 6)
     assert s["chair_s"] == pytest.approx(1 / 3)
-    assert s["object_recall"] == pytest.approx(2 / 6)
-    p, r = 2 / 3, 1 / 3
+    assert s["object_recall"] == pytest.approx(5 / 12)
+    p, r = 5 / 6, 5 / 12
     assert s["object_f1"] == pytest.approx(2 * p * r / (p + r))
 
 

@@ -57,6 +57,23 @@ def test_evaluate_stage(bench_dir, tiny_llava_dir, tmp_path):
     assert (out / "b0.15_s0" / "metrics.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
+def test_same_checkpoint_scores_bit_for_bit(bench_dir, tiny_llava_dir, tmp_path):
+    """Evaluating one checkpoint twice (two workers, fresh outputs) gives identical metrics."""
+    from stages.evaluate import main
+
+    for name in ("b0.15_s0", "b0.15_s1"):
+        shutil.copytree(tiny_llava_dir, tmp_path / "runs" / "random" / name)
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  tasks: [shapes_count, shapes_pope]\n  limit: 3\n  workers: 2\n")
+    metrics = []
+    for out in ("evals1", "evals2"):
+        assert main(["--params", str(params), "--method", "random", "--runs", str(tmp_path / "runs"),
+                     "--bench", str(bench_dir), "--out", str(tmp_path / out)]) == 0
+        metrics.append([(tmp_path / out / "random" / n / "metrics.json").read_bytes() for n in ("b0.15_s0", "b0.15_s1")])
+    assert metrics[0] == metrics[1] and metrics[0][0] == metrics[0][1]
+
+
 def test_evaluate_stage_user_errors_are_one_line(tmp_path, capsys):
     from stages.evaluate import main
 

@@ -11,11 +11,12 @@ from selfilter.report.compare import (
 )
 from selfilter.report.config import CompareConfig
 
-CFG = CompareConfig()
+# the synthetic bench has 2-3 questions a type; the real one must have >= 50 (tested below)
+CFG = CompareConfig(min_questions_per_type=1)
 
 
-def _report(grid, **kw):
-    return build_report(grid / "selections", grid / "runs", grid / "evals", CFG, hidden=grid / "data/imperfections.jsonl",
+def _report(grid, cfg=CFG, **kw):
+    return build_report(grid / "selections", grid / "runs", grid / "evals", cfg, hidden=grid / "data/imperfections.jsonl",
                         records=grid / "data/records.jsonl", bench=grid / "bench",
                         judge_usage=grid / "judge/usage.json", **kw)
 
@@ -58,7 +59,7 @@ def test_question_types_and_majority_baselines(grid):
 
     qt = question_types(load_bench(grid / "bench"))
     assert qt["vqa/color"] == {"metric": "shapes_vqa/acc_color", "majority_answer": "red",
-                               "majority_accuracy": pytest.approx(2 / 3), "n": 3}
+                               "majority_accuracy": pytest.approx(2 / 3), "n": 3, "diagnostic": False}
     assert qt["count"]["majority_accuracy"] == 0.5 and qt["pope/random"]["metric"] == "shapes_pope/accuracy_random"
 
 
@@ -78,6 +79,50 @@ def test_calibration_fails_when_full_is_within_seed_noise(tmp_path):
     # full at 0.515-0.535 does not beat the colour majority (2/3)
     assert checks["full_beats_majority[vqa/color]"]["status"] == "fail"
     assert checks["full_beats_majority[vqa/size]"]["status"] == "pass"
+
+
+def test_per_type_check_fails_on_fewer_questions_than_the_minimum(grid):
+    checks = {c["name"]: c for c in _report(grid, cfg=CompareConfig()).checks}
+    size = checks["full_beats_majority[vqa/size]"]
+    assert size["status"] == "fail" and "fewer than 50" in size["detail"] and size["difference"] > 0
+
+
+def test_diagnostic_tasks_stay_out_of_overall_and_calibration(grid):
+    from synthetic_grid import METRICS
+
+    cfg = CompareConfig(min_questions_per_type=1, diagnostic_tasks=["shapes_vqa"])
+    m = {k: 0.5 for k in METRICS} | {"shapes_vqa/exact_match": 0.0}
+    assert overall_score(m, cfg.primary_metrics, diagnostic=cfg.diagnostic_tasks) == pytest.approx(0.5)
+    report = _report(grid, cfg=cfg)
+    names = {c["name"] for c in report.checks}
+    assert "full_beats_majority[count]" in names and not any("vqa/" in n for n in names)
+    assert report.qtypes["vqa/color"]["diagnostic"] and not report.qtypes["count"]["diagnostic"]
+    assert "| vqa/color (diagnostic) | 3 |" in report.markdown()
+    assert "primary metric (shapes_count/exact_match, shapes_pope/accuracy);" in report.markdown()
+
+
+def test_minimum_detectable_difference_per_budget_next_to_the_gaps(grid):
+    from scipy import stats
+
+    report = _report(grid)
+    res = report.summary["resolution"]["0.15"]
+    # every group's seeds score base + 0.00, 0.01, 0.02: std 0.01
+    expected = stats.t.ppf(0.975, 4) * 0.01 * (2 / 3) ** 0.5
+    assert res["n_seeds"] == 3 and res["pooled_std"] == pytest.approx(0.01)
+    assert res["mdd"] == pytest.approx(expected)
+    md = report.markdown()
+    assert f"Minimum detectable difference of this grid at 15%: **{expected:.3f}**" in md
+    # random 0.51 vs self_filter_scores 0.46: a gap of 0.05 > MDD, marked resolved
+    assert "| self_filter_scores | 3 | 0.460 ± 0.025 | -0.050* |" in md
+    assert f"Gap 0.050 > minimum detectable difference {expected:.3f}: resolved." in md
+
+
+def test_known_imperfect_samples_picked_are_counted_by_kind(grid):
+    s = _report(grid).summary["methods"]
+    # random at 15% picks uids (7i + seed) % 20 for i < 3: one of them >= 10 (imperfect) per seed
+    assert s["random"]["0.15"]["imperfect_picked"] == {"wrong_answer": 1.0}
+    assert s["oracle_clean"]["0.15"]["imperfect_picked"] == {}
+    assert "1 of 3 (0.333): wrong_answer 1" in _report(grid).markdown()
 
 
 def test_calibration_needs_enough_seeds(tmp_path):

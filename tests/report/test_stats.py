@@ -49,3 +49,30 @@ def test_separated_uses_the_larger_std():
     assert ok and diff == pytest.approx(0.21) and thr == pytest.approx(2 * 0.1)
     ok, _, _ = separated(seed_stats([0.55, 0.56, 0.57]), b)
     assert not ok
+
+
+def test_pooled_std_weights_groups_by_their_degrees_of_freedom():
+    from selfilter.report.stats import pooled_std
+
+    a, b = seed_stats([0.0, 0.1, 0.2]), seed_stats([1.0, 1.0, 1.0, 1.0, 1.4])
+    std, dof = pooled_std([a, b, seed_stats([5.0])])  # a single seed carries no spread
+    assert dof == 2 + 4
+    assert std == pytest.approx(math.sqrt((2 * a["std"] ** 2 + 4 * b["std"] ** 2) / 6))
+    assert math.isnan(pooled_std([seed_stats([1.0])])[0])
+
+
+def test_min_detectable_difference_is_the_two_sample_t_threshold():
+    from scipy import stats
+
+    from selfilter.report.stats import min_detectable_difference
+
+    assert min_detectable_difference(0.02, 3) == pytest.approx(stats.t.ppf(0.975, 4) * 0.02 * math.sqrt(2 / 3))
+    assert min_detectable_difference(0.02, 5) < min_detectable_difference(0.02, 3)  # more seeds resolve more
+    assert math.isnan(min_detectable_difference(0.02, 1))
+    # two groups whose means differ by just more than the MDD are significant at 95% (Welch = Student here)
+    mdd = min_detectable_difference(1.0, 4)
+    a = [0.0, 1.0, -1.0, 0.0]
+    sd = seed_stats(a)["std"]
+    b = [x * (1.0 / sd) for x in a]
+    assert stats.ttest_ind([x + mdd * 1.001 for x in b], b).pvalue < 0.05
+    assert stats.ttest_ind([x + mdd * 0.999 for x in b], b).pvalue > 0.05

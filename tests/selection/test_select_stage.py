@@ -66,6 +66,21 @@ def test_outputs_for_every_budget_and_seed(fake, method):
         assert all(int(r["id"][1:]) % 3 for r in subset)  # only clean ones while there are enough
 
 
+@pytest.mark.parametrize("method", ["self_filter_scores", "self_filter_clip", "random", "el2n", "alpagasus",
+                                    "prototypicality", "oracle_clean"])
+def test_same_seed_reproduces_every_selection_bit_for_bit(fake, method):
+    """Same inputs and seeds, run twice: subset.json and trace.parquet are the same bytes."""
+    tmp_path, _ = fake
+    assert _run(tmp_path, method, **ALL(tmp_path)) == 0
+    first = {p.relative_to(tmp_path / "sel"): p.read_bytes() for p in sorted((tmp_path / "sel").rglob("*"))
+             if p.name in ("subset.json", "trace.parquet")}
+    (tmp_path / "sel").rename(tmp_path / "sel_first")
+    assert _run(tmp_path, method, **ALL(tmp_path)) == 0
+    again = {p.relative_to(tmp_path / "sel"): p.read_bytes() for p in sorted((tmp_path / "sel").rglob("*"))
+             if p.name in ("subset.json", "trace.parquet")}
+    assert len(first) == 8 and first == again
+
+
 def test_full_only_at_budget_one(fake):
     tmp_path, _records = fake
     assert _run(tmp_path, "full") == 0

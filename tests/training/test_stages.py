@@ -102,6 +102,25 @@ def test_finetune_runs_every_subset_saves_loadable_checkpoints_and_skips_done_ru
     assert (runs / "toy" / "b0.25_s0" / "train_log.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
+def test_same_seed_reproduces_every_fine_tune_bit_for_bit(workspace, tiny_llava_dir, tmp_path):
+    """Two workers, run twice from scratch: every checkpoint's weights are the same bytes (the
+    grid's runs are independent of which worker trains them and in what order)."""
+    from stages.finetune import main
+
+    ws, images = workspace
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["finetune"].update(workers=2, torch_threads=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    weights = []
+    for out in (tmp_path / "runs1", tmp_path / "runs2"):
+        assert main(["--params", str(tmp_path / "params.yaml"), "--method", "toy", "--selections",
+                     str(ws / "selections"), "--image-dir", str(images), "--model", str(tiny_llava_dir),
+                     "--out", str(out), "--no-progress"]) == 0
+        weights.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.safetensors"))})
+    assert len(weights[0]) == 2 and weights[0] == weights[1]
+
+
 def test_recipe_steps_equal_steps_gives_every_budget_the_reference_steps():
     from selfilter.training.finetune import recipe_steps
 
@@ -110,6 +129,22 @@ def test_recipe_steps_equal_steps_gives_every_budget_the_reference_steps():
     assert recipe_steps(600, 0.15, recipe="equal_epochs", **kw) == 57
     assert [recipe_steps(n, b, recipe="equal_steps", **kw) for n, b in ((200, 0.05), (600, 0.15), (1200, 0.3))] \
         == [57, 57, 57]
+
+
+def test_recipe_steps_fixed_steps_gives_every_subset_the_same_steps_and_needs_them():
+    import pytest
+
+    from selfilter.training.config import FinetuneConfig
+    from selfilter.training.finetune import recipe_steps
+
+    kw = dict(epochs=3, reference_budget=0.15, batch_size=32)
+    assert [recipe_steps(n, b, recipe="fixed_steps", steps=250, **kw)
+            for n, b in ((100, 0.05), (300, 0.15), (2000, 1.0))] == [250, 250, 250]
+    with pytest.raises(ValueError, match="steps"):
+        recipe_steps(300, 0.15, recipe="fixed_steps", **kw)
+    with pytest.raises(ValueError, match="finetune.steps"):
+        FinetuneConfig(recipe="fixed_steps")
+    assert FinetuneConfig(recipe="fixed_steps", steps=10).steps == 10
 
 
 def test_el2n_scores_every_uid(workspace, tiny_llava_dir):

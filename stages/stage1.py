@@ -12,6 +12,7 @@ which DVC clears before a run) and is removed after success.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import time
@@ -83,7 +84,11 @@ def _run(args: argparse.Namespace) -> int:
         table = difficulty_table(uids, result.raw_scores)
         write_parquet(out / "difficulty.parquet", table)
         with atomic_path(out / "score_net.safetensors", suffix=".safetensors") as tmp:
-            save_file(result.score_net, str(tmp), metadata={"setting": args.setting, "features": ",".join(names[:16])})
+            # one metadata key: safetensors writes its metadata map in no fixed order, and two keys
+            # made the same weights differ in bytes from run to run
+            save_file(result.score_net, str(tmp),
+                      metadata={"selfilter": json.dumps({"features": ",".join(names[:16]), "setting": args.setting},
+                                                        sort_keys=True)})
         curve = pd.DataFrame(result.train.log, columns=["step", "loss", "lr"])
         write_text(out / "loss.csv", curve.to_csv(index=False))
         log_tail = result.train.log[-10:]

@@ -19,3 +19,14 @@ def run_stage(name: str, body: Callable[[argparse.Namespace], int], args: argpar
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 1
+
+
+def add_model_pass_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of a stage that passes every pool record through the base model (el2n,
+    ifd, less): one definition, so their command lines stay alike."""
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--records", required=True, help="records.jsonl from ingest")
+    p.add_argument("--image-dir", required=True, help="folder the records' image paths are relative to")
+    p.add_argument("--model", required=True, help="base VLM folder (save_pretrained) or hub name")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true")

@@ -19,18 +19,13 @@ from pathlib import Path
 
 from selfilter.config import load_section
 from selfilter.training.config import LESSConfig
-from stages._common import run_stage
+from stages._common import add_model_pass_arguments, run_stage
 
 log = logging.getLogger("less")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--records", required=True, help="records.jsonl from ingest")
-    p.add_argument("--image-dir", required=True, help="folder the records' image paths are relative to")
-    p.add_argument("--model", required=True, help="base VLM folder (save_pretrained) or hub name")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--no-progress", action="store_true")
+    add_model_pass_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 # groups it has that are not listed here run after these, in dvc.yaml order.
 STAGE_ORDER: tuple[str, ...] = (
     "prepare", "base", "features", "judge", "stage1", "el2n", "score",
-    "select", "select_field", "finetune", "evaluate", "compare", "track",
+    "select_params", "select", "select_field", "finetune", "evaluate", "compare", "track",
 )
 # Stages whose failures are usually transient (rate limits, a judge endpoint restarting):
 # Prefect retries them after these delays (seconds). DVC's run-cache plus the judge's own

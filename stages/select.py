@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", help="ifd activations.npy [N, L*H] (coincide)")
     p.add_argument("--less", help="less scores.parquet (less)")
     p.add_argument("--hidden", help="imperfections.jsonl hidden labels (oracle_clean control only)")
+    p.add_argument("--method-params", dest="method_params",
+                   help="select_params/<method>.json of the select_params stage: checked against params")
     p.add_argument("--out", required=True, help="output folder, selections/<method>")
     p.add_argument("--no-progress", action="store_true")
 
@@ -161,13 +163,14 @@ def _run(args: argparse.Namespace) -> int:
     records = load_records(args.records)
     inputs = build_inputs(args, method, records)
     digests = {name: {"path": str(p), "sha256": file_digest(p)} for name, p in input_paths(args, method).items()}
-    options = reg.SelectOptions(k_nearest=cfg.k_nearest, gamma=cfg.gamma, penalty=cfg.penalty,
-                                device=cfg.device, backend=cfg.backend, precision=cfg.precision,
-                                n_clusters=cfg.n_clusters, semdedup_threshold=cfg.semdedup_threshold,
-                                coincide_clusters=cfg.coincide_clusters,
-                                coincide_temperature=cfg.coincide_temperature,
-                                coincide_kernel_width=cfg.coincide_kernel_width,
-                                show_progress=not args.no_progress)
+    options = reg.options_from_config(cfg, show_progress=not args.no_progress)
+    params = reg.method_params(method, cfg)
+    if args.method_params:
+        # DVC reruns this stage only when that file changes: it must say what params.yaml says
+        written = json.loads(Path(args.method_params).read_text())
+        if written != json.loads(json.dumps(params)):
+            raise ValueError(f"{args.method_params} does not match {args.params} (select section); "
+                             "rerun the select_params stage (dvc repro)")
     scoring = scoring_cost(args, method)
     out = Path(args.out)
     budgets = method.budgets or tuple(cfg.budgets)
@@ -195,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
                 "method": method.name, "budget": budget, "seed": seed, "n_pool": len(records),
                 "n_selected": len(idx), "wall_seconds": round(wall, 4),
                 "deterministic": method.deterministic, "control": method.control,
-                "scoring": scoring, "params": cfg.model_dump(mode="json"), "inputs": digests})
+                "scoring": scoring, "params": params, "inputs": digests})
             print(f"select: {method.name} budget={budget} seed={seed}: {len(idx)}/{len(records)} "
                   f"records in {wall:.2f}s -> {folder}")
     return 0

@@ -7,7 +7,7 @@ method did not declare, so e.g. only the ``oracle_clean`` control can ever see t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -29,6 +29,11 @@ LESS = "less"  # LESS gradient-feature cosine to the target set [N] float (less/
 
 class InputNotAllowed(PermissionError):
     """A method asked for an input it did not declare."""
+
+
+class OptionNotDeclared(AttributeError):
+    """A method read a ``select`` option it did not declare (its DVC stage would not rerun when
+    that option changes, so the read is refused rather than silently going stale)."""
 
 
 class SelectionInputs:
@@ -87,6 +92,27 @@ class SelectOptions:
     show_progress: bool = False
 
 
+# Options every Self-Filter variant with the diversity penalty reads. device/backend/precision
+# never change the picks (docs/METHOD.md) but they choose the code path, so a change reruns.
+_PENALTY_OPTIONS = ("k_nearest", "gamma", "penalty", "device", "backend", "precision")
+
+
+class DeclaredOptions:
+    """A read-only view of :class:`SelectOptions` that lets a method read only the options it
+    declared (``show_progress`` is always readable: it changes no output)."""
+
+    def __init__(self, options: SelectOptions, declared: tuple[str, ...], method: str):
+        self._options, self._declared, self._method = options, frozenset(declared) | {"show_progress"}, method
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._declared:
+            raise OptionNotDeclared(f"method '{self._method}' read select.{name}, which it does not declare "
+                                    f"(declared: {sorted(self._declared - {'show_progress'})})")
+        return getattr(self._options, name)
+
+
 @dataclass(frozen=True)
 class Picked:
     """Selected rows in rank/pick order, and the score each had when it was ranked/picked
@@ -105,6 +131,10 @@ class Method:
     deterministic: bool = False  # same subset for every seed
     control: bool = False  # reads hidden labels: reported as a control, never as a method
     budgets: tuple[float, ...] | None = None  # fixed budgets overriding params (full: 1.0)
+    # The ``select`` options (SelectOptions fields) the method reads: the select_params stage
+    # writes exactly these per method, so `dvc exp run -S select.gamma=...` reruns only the
+    # methods that read gamma. Reading anything else raises OptionNotDeclared.
+    options: tuple[str, ...] = ()
 
 
 def _self_filter(difficulty_input: str, *, no_div: bool = False, easiest: bool = False):
@@ -112,11 +142,12 @@ def _self_filter(difficulty_input: str, *, no_div: bool = False, easiest: bool =
         d = inputs.get(difficulty_input).astype(np.float64)
         if easiest:
             d = -d
-        features = None if no_div else inputs.get(FEATURES)
-        res = diverse_greedy(d, features, budget_n,
-                             k_nearest=0 if no_div else o.k_nearest, gamma=o.gamma,
-                             penalty=o.penalty, device=o.device, backend=o.backend,
-                             precision=o.precision, show_progress=o.show_progress)
+        if no_div:  # hardest first: no neighbours, so none of the penalty's options apply
+            res = diverse_greedy(d, None, budget_n, k_nearest=0, show_progress=o.show_progress)
+        else:
+            res = diverse_greedy(d, inputs.get(FEATURES), budget_n, k_nearest=o.k_nearest, gamma=o.gamma,
+                                 penalty=o.penalty, device=o.device, backend=o.backend,
+                                 precision=o.precision, show_progress=o.show_progress)
         return Picked(res.indices, res.scores)
 
     return select
@@ -165,15 +196,17 @@ def _coincide(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOption
 _SF = (FEATURES,)
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("self_filter_scores", (DIFFICULTY_SCORES, *_SF), _self_filter(DIFFICULTY_SCORES),
-           "Self-Filter, stage-1 scores setting; diversity penalty on CLIP features", deterministic=True),
+           "Self-Filter, stage-1 scores setting; diversity penalty on CLIP features", deterministic=True,
+           options=_PENALTY_OPTIONS),
     Method("self_filter_clip", (DIFFICULTY_CLIP, *_SF), _self_filter(DIFFICULTY_CLIP),
-           "Self-Filter, stage-1 clip setting; diversity penalty on CLIP features", deterministic=True),
+           "Self-Filter, stage-1 clip setting; diversity penalty on CLIP features", deterministic=True,
+           options=_PENALTY_OPTIONS),
     Method("self_filter_nodiv", (DIFFICULTY_CLIP,), _self_filter(DIFFICULTY_CLIP, no_div=True),
            "ablation: clip-setting difficulty, no diversity penalty (k = 0: hardest first)",
            deterministic=True),
     Method("self_filter_easiest", (DIFFICULTY_CLIP, *_SF), _self_filter(DIFFICULTY_CLIP, easiest=True),
            "ablation: clip-setting difficulty negated (easiest first), same penalty rule",
-           deterministic=True),
+           deterministic=True, options=_PENALTY_OPTIONS),
     Method("random", (), lambda i, n, s, o: _unscored(baselines.random_select(i.n_pool, n, s)),
            "uniform sample without replacement"),
     Method("el2n", (EL2N,), lambda i, n, s, o: _scored(i.get(EL2N), n, s),
@@ -181,16 +214,18 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("alpagasus", (JUDGE,), lambda i, n, s, o: _scored(i.get(JUDGE), n, s),
            "highest judge rating (ties: seeded shuffle)"),
     Method("prototypicality", (FEATURES,), _prototypicality,
-           "k-means on CLIP features; farthest from the nearest centroid first"),
+           "k-means on CLIP features; farthest from the nearest centroid first", options=("n_clusters",)),
     Method("clip_score", (CLIP_SCORE,), lambda i, n, s, o: _scored(i.get(CLIP_SCORE), n, s),
            "highest CLIP image-text similarity (DataComp's CLIP-score filter)"),
     Method("semdedup", (FEATURES,), _semdedup,
-           "SemDeDup: k-means on CLIP features, drop within-cluster near-duplicates, random fill"),
+           "SemDeDup: k-means on CLIP features, drop within-cluster near-duplicates, random fill",
+           options=("n_clusters", "semdedup_threshold", "device")),
     Method("ifd", (IFD,), _ifd,
            "highest Instruction-Following Difficulty among IFD < 1 (Cherry LLM), base model"),
     Method("coincide", (ACTIVATIONS,), _coincide,
            "COINCIDE: spherical k-means on base-model activations, transferability/density shares, "
-           "MMD prototypes"),
+           "MMD prototypes",
+           options=("coincide_clusters", "coincide_temperature", "coincide_kernel_width", "device")),
     Method("less", (LESS,), lambda i, n, s, o: _scored(i.get(LESS), n, s),
            "LESS: highest projected-gradient cosine to a held-out target set"),
     Method("full", (), lambda i, n, s, o: _unscored(baselines.full(i.n_pool)[:n]),
@@ -212,4 +247,20 @@ def run_method(name: str, inputs: SelectionInputs, budget_n: int, seed: int,
                options: SelectOptions = SelectOptions()) -> Picked:
     """Run a method by name, letting it read only the inputs it declares."""
     method = get_method(name)
-    return method.select(inputs.restricted(frozenset(method.needs)), budget_n, seed, options)
+    return method.select(inputs.restricted(frozenset(method.needs)), budget_n, seed,
+                         DeclaredOptions(options, method.options, method.name))
+
+
+def options_from_config(cfg, show_progress: bool = False) -> SelectOptions:
+    """SelectOptions from a validated ``select`` section (selfilter.selection.config.SelectConfig)."""
+    return SelectOptions(**{f.name: getattr(cfg, f.name) for f in fields(SelectOptions) if f.name != "show_progress"},
+                         show_progress=show_progress)
+
+
+def method_params(method: Method, cfg) -> dict:
+    """Everything in the ``select`` section that ``method``'s selections depend on: its budgets,
+    the seeds and the options it declares. The select_params stage writes this per method; the
+    select stage records it in each meta.json."""
+    options = options_from_config(cfg)
+    return {"budgets": [float(b) for b in (method.budgets or cfg.budgets)], "seeds": [int(s) for s in cfg.seeds],
+            "options": {name: getattr(options, name) for name in method.options}}

@@ -68,3 +68,40 @@ def test_self_filter_variants():
     a = reg.run_method("self_filter_scores", inputs, 10, 0)
     np.testing.assert_array_equal(a.indices, reg.run_method("self_filter_scores", inputs, 10, 7).indices)
     assert a.indices[0] == np.argmax(arr[reg.DIFFICULTY_SCORES])
+
+
+# Every option a method could read, each set away from its default (a run with these must pick
+# exactly what a run with the defaults picks, for every method that does not declare the option).
+_PERTURBED = dict(k_nearest=3, gamma=0.25, penalty="positive", device="cpu", backend="dense",
+                  precision="float32", n_clusters=3, semdedup_threshold=0.5, coincide_clusters=3,
+                  coincide_temperature=2.0, coincide_kernel_width=0.3)
+
+
+@pytest.mark.parametrize("name", list(reg.METHODS))
+def test_undeclared_options_never_change_the_picks(name):
+    """What select_params writes per method is all its picks depend on: change every option it
+    does not declare and the picks stay bit-identical (its DVC stage may rightly be skipped)."""
+    method = reg.METHODS[name]
+    n = N if name == "full" else 12
+    base = reg.SelectOptions(n_clusters=4, coincide_clusters=4)
+    other = reg.SelectOptions(**{**{k: getattr(base, k) for k in method.options},
+                                 **{k: v for k, v in _PERTURBED.items() if k not in method.options}})
+    a = reg.run_method(name, _inputs([])[0], n, seed=0, options=base)
+    b = reg.run_method(name, _inputs([])[0], n, seed=0, options=other)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_a_declared_option_does_change_the_picks():
+    # the check above could pass by methods ignoring options altogether: gamma matters to Self-Filter
+    inputs = _inputs([])[0]
+    a = reg.run_method("self_filter_scores", inputs, 30, 0, reg.SelectOptions(gamma=1.0, k_nearest=20))
+    b = reg.run_method("self_filter_scores", inputs, 30, 0, reg.SelectOptions(gamma=50.0, k_nearest=20))
+    assert a.indices.tolist() != b.indices.tolist()
+
+
+def test_reading_an_undeclared_option_is_refused():
+    view = reg.DeclaredOptions(reg.SelectOptions(), ("gamma",), "m")
+    assert view.gamma == 1.0 and view.show_progress is False
+    with pytest.raises(reg.OptionNotDeclared, match=r"method 'm' read select.k_nearest.*\['gamma'\]"):
+        view.k_nearest

@@ -134,3 +134,34 @@ def test_field_methods_read_their_inputs_and_record_the_scoring_cost(fake):
     trace = pd.read_parquet(tmp_path / "sel" / "ifd" / "b0.25_s0" / "trace.parquet")
     assert (trace["score"] < 1).all() and 5 not in trace["uid"].tolist()
     assert _run(tmp_path, "clip_score", features=tmp_path / "clip.npy") == 1  # --clip-scores missing
+
+
+def test_select_params_splits_the_section_so_a_key_reaches_only_its_readers(fake):
+    """stages.select_params writes one file per method; changing gamma changes only the files of
+    the methods that read it (so DVC reselects only those), and select checks its file."""
+    from stages import select_params
+
+    tmp_path, _ = fake
+    params = tmp_path / "params.yaml"
+    params.write_text("select:\n  methods: [self_filter_clip, random, full]\n  budgets: [0.25]\n  seeds: [0, 1]\n")
+    out = tmp_path / "sp"
+    (out).mkdir()
+    (out / "el2n.json").write_text("{}")  # a method no longer listed: removed
+    assert select_params.main(["--params", str(params), "--out", str(out)]) == 0
+    before = {p.name: p.read_text() for p in sorted(out.iterdir())}
+    assert sorted(before) == ["full.json", "random.json", "self_filter_clip.json"]
+    assert json.loads(before["random.json"]) == {"budgets": [0.25], "seeds": [0, 1], "options": {}}
+    assert json.loads(before["full.json"])["budgets"] == [1.0]
+    params.write_text(params.read_text() + "  gamma: 0.5\n")
+    assert select_params.main(["--params", str(params), "--out", str(out)]) == 0
+    after = {p.name: p.read_text() for p in sorted(out.iterdir())}
+    assert [n for n in after if after[n] != before[n]] == ["self_filter_clip.json"]
+    assert json.loads(after["self_filter_clip.json"])["options"]["gamma"] == 0.5
+    # select records the method's own params, and refuses a file that says otherwise
+    assert _run(tmp_path, "random", **{"method-params": out / "random.json"}) == 0
+    meta = json.loads((tmp_path / "sel" / "random" / "b0.25_s1" / "meta.json").read_text())
+    assert meta["params"] == json.loads(after["random.json"])
+    stale = tmp_path / "stale.json"
+    stale.write_text(before["self_filter_clip.json"])
+    assert _run(tmp_path, "self_filter_clip", features=tmp_path / "clip.npy", stage1=tmp_path / "stage1",
+                **{"method-params": stale}) == 1

@@ -4,7 +4,9 @@
         --evals evals --hidden data/shapes/imperfections.jsonl --records data/pool/records.jsonl \
         --bench data/shapes/bench [--judge-usage judge/usage.json] --out reports
 
-Writes ``reports/metrics.json`` (``{"runs": [...manifest...], "summary": {...}}``),
+Writes ``reports/summary.json`` (the compact DVC metrics: per budget each method's overall mean and
+95% half-width, the winner, the calibration verdict, cost totals), ``reports/metrics.json`` (the
+full index: ``{"runs": [...manifest...], "summary": {...}}``),
 ``reports/calibration.json``, ``reports/comparison.md``, ``reports/plots/*.png`` and the DVC
 plots data ``reports/plots/score_vs_budget.csv``. The calibration checks of the embedded testbed
 are written into the report first; then, with ``compare.fail_on_calibration``, a failed check
@@ -62,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     # metrics.json and calibration.json are written whether or not calibration passes: a failed
     # check must leave the evidence behind.
     write_json(out / "metrics.json", report.metrics_json())
+    write_json(out / "summary.json", report.dvc_metrics())
     write_json(out / "calibration.json", {"calibrated": report.calibrated, "checks": report.checks})
     write_text(out / "comparison.md", markdown + "\n")
     print(f"compare: {len(report.runs)} runs, {len(summary['methods'])} methods -> {out}/comparison.md")

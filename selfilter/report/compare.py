@@ -476,6 +476,11 @@ def judge_costs(usage: Mapping[str, Any] | None, methods: Iterable[str], cfg: Co
             for m in methods if m in cfg.judge_methods}
 
 
+def _finite(x: float, digits: int = 4) -> float | None:
+    """Rounded for a table, None (JSON null) where undefined - e.g. one seed's interval."""
+    return round(float(x), digits) if math.isfinite(x) else None
+
+
 def recipe_of(runs: Sequence[Run]) -> dict[str, Any]:
     """Which fine-tuning recipe produced the runs (from their train logs), with steps per budget."""
     recipes = sorted({r.train.get("recipe") for r in runs if r.train.get("recipe")})
@@ -504,6 +509,31 @@ class Report:
     @property
     def calibrated(self) -> bool:
         return not any(c["status"] == "fail" for c in self.checks)
+
+    def dvc_metrics(self) -> dict[str, Any]:
+        """The compact summary DVC shows (``dvc metrics show``, ``dvc exp show``): per budget, each
+        method's overall mean and 95% half-width over seeds and the winner; the calibration
+        verdict; a few cost totals. Tens of columns, not thousands: the full index of every
+        statistic stays in metrics.json, which is not a DVC metric."""
+        out: dict[str, Any] = {"calibrated": self.calibrated}
+        methods = self.summary["methods"]
+        for b in sorted({b for groups in methods.values() for b in groups}, key=float):
+            key = f"{float(b) * 100:g}%"
+            row: dict[str, Any] = {}
+            if b in self.summary["winners"] and float(b) < 1.0:
+                row["winner"] = self.summary["winners"][b]
+            for m in sorted(methods):
+                if b in methods[m]:
+                    o = methods[m][b]["metrics"]["overall"]
+                    row[m] = _finite(o["mean"])
+                    row[f"{m}_ci"] = _finite(o["half_width"])
+            out[key] = row
+        trains = [r.train["wall_s"] for r in self.runs if r.train.get("wall_s") is not None]
+        selections = [r.selection_wall_s for r in self.runs if r.selection_wall_s is not None]
+        out["cost"] = {"runs": len(self.runs), "finetune_s": _finite(math.fsum(trains)),
+                       "selection_s": _finite(math.fsum(selections)),
+                       "judge_requests": max((c["requests"] for c in self.costs.values()), default=0)}
+        return out
 
     def metrics_json(self) -> dict[str, Any]:
         return {"runs": [r.manifest() for r in self.runs],

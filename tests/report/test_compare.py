@@ -40,6 +40,33 @@ def test_manifest_schema(grid):
     json.dumps(doc)  # serialisable as is
 
 
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_dvc_metrics_are_tens_of_columns_that_agree_with_the_summary(grid):
+    """reports/summary.json is what `dvc metrics show` flattens into columns: one mean and one
+    interval per (method, budget), the winners, the verdict, a few costs - nothing per seed."""
+    report = _report(grid)
+    doc = report.dvc_metrics()
+    cols = dict(_leaves(doc))
+    n_groups = sum(len(g) for g in report.summary["methods"].values())
+    assert len(cols) == 2 * n_groups + len(report.summary["winners"]) - 1 + 1 + 4  # full's budget has no winner
+    assert len(cols) < 40
+    assert cols["calibrated"] is True and cols["15%.winner"] == "random"
+    rnd = report.summary["methods"]["random"]["0.15"]["metrics"]["overall"]
+    assert cols["15%.random"] == pytest.approx(rnd["mean"], abs=1e-4)
+    assert cols["15%.random_ci"] == pytest.approx(rnd["half_width"], abs=1e-4)
+    assert cols["100%.full"] == pytest.approx(0.81, abs=1e-4)
+    assert cols["cost.runs"] == len(report.runs) and cols["cost.judge_requests"] > 0
+    assert not any(k.startswith("runs") or "seed" in k for k in cols)
+    json.loads(json.dumps(doc, allow_nan=False))  # strict JSON: an undefined interval is null
+
+
 def test_summary_relative_to_full_ranks_and_controls(grid):
     s = _report(grid).summary
     full = s["methods"]["full"]["1"]
@@ -162,7 +189,7 @@ def test_compare_stage_writes_everything_then_fails_on_calibration(tmp_path):
             "--judge-usage", str(grid / "judge/usage.json"), "--out", str(tmp_path / "reports")]
     assert main(args) == 1
     out = tmp_path / "reports"
-    for f in ["metrics.json", "calibration.json", "comparison.md", "plots/score_vs_budget.png",
+    for f in ["metrics.json", "summary.json", "calibration.json", "comparison.md", "plots/score_vs_budget.png",
               "plots/score_vs_budget.csv", "plots/metrics_b0.05.png", "plots/metrics_b0.15.png"]:
         assert (out / f).is_file(), f
     assert json.loads((out / "calibration.json").read_text())["calibrated"] is False

@@ -36,10 +36,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies
 
-run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro), then the calibration gate
+run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro), then print the verdict (exit 1 if not calibrated)
 	$(BIN)/dvc repro
-	$(BIN)/selfilter calibration reports/calibration.json
-	@echo "Report: reports/comparison.md   MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1"
+	@$(BIN)/selfilter verdict
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest tests

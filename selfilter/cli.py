@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("selfilter.data.ingest", "validate LLaVA-format annotations into records.jsonl + rejected.jsonl"),
     "shapes": ("selfilter.data.shapes", "generate the embedded 'shapes' instruction dataset and benchmarks"),
     "calibration": ("selfilter.report.gate", "exit 1 if the testbed calibration checks (reports/calibration.json) failed"),
+    "verdict": ("selfilter.report.verdict", "print who won at each budget, the calibration verdict and where the "
+                "report, plots and MLflow store are (exit 1 if not calibrated)"),
 }
 
 

@@ -1,0 +1,66 @@
+"""``selfilter verdict``: what a finished pipeline found, on the console.
+
+Prints the verdict of ``reports/comparison.md`` (per budget: the winner, its interval, the
+runner-up and whether the grid resolves the gap; whether Self-Filter wins), the calibration
+verdict, and where the report, plots and MLflow store are. Exits 1 when a calibration check
+failed (the gate ``make run`` ends with), 2 when the report is missing.
+
+Example:
+    selfilter verdict                    # after dvc repro, in the checkout
+    selfilter verdict --reports reports --mlflow sqlite:///mlruns.db
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from selfilter.io import read_json
+from selfilter.report.gate import failed_checks
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reports", default="reports", help="the compare stage's folder (default: %(default)s)")
+    p.add_argument("--mlflow", default=None,
+                   help="tracking URI to point at (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    p.epilog = "Example: selfilter verdict --reports reports"
+
+
+def verdict_section(markdown: str) -> list[str]:
+    """The lines of the ``## Verdict`` section and the Calibration line after it, as plain text."""
+    lines, inside = [], False
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            if inside:
+                break
+            inside = line.strip() == "## Verdict"
+            continue
+        if inside and line.strip():
+            lines.append(re.sub(r"\*\*(.+?)\*\*", r"\1", line))
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    reports = Path(args.reports)
+    md, cal = reports / "comparison.md", reports / "calibration.json"
+    if not md.is_file() or not cal.is_file():
+        print(f"selfilter verdict: {md if not md.is_file() else cal}: not found (run `dvc repro` first)",
+              file=sys.stderr)
+        return 2
+    print("Verdict")
+    for line in verdict_section(md.read_text(encoding="utf-8")):
+        print(f"  {line}")
+    failed = failed_checks(read_json(cal))
+    for c in failed:
+        print(f"  calibration FAILED {c.get('name')}: {c.get('detail', '')}")
+    uri = args.mlflow or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    plots = sorted(p.name for p in (reports / "plots").glob("*.png")) if (reports / "plots").is_dir() else []
+    print(f"Report:  {md}")
+    if plots:
+        print(f"Plots:   {reports / 'plots'}/ ({', '.join(plots)})")
+    print(f"MLflow:  {uri}  (browse: make mlflow-ui)")
+    print("DVC:     dvc metrics show   |   dvc exp show --only-changed")
+    return 1 if failed else 0

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from selfilter import console
 from selfilter.config import ConfigError, load_section
 from selfilter.io import read_json, read_jsonl, write_json, write_sidecar
 from selfilter.models.config import BaseConfig
@@ -49,6 +50,7 @@ def _save_dir(out: Path, save) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    console.setup()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", required=True, help="shapes dataset folder (train.json, bench/)")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from selfilter import console
 from selfilter.config import ConfigError, load_section
 from selfilter.io import atomic_path, write_json, write_text
 from selfilter.report.config import CompareConfig
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    console.setup()
     p = argparse.ArgumentParser(prog="python -m stages.compare", description=__doc__.splitlines()[0])
     add_arguments(p)
     return run(p.parse_args(argv))

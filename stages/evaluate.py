@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from selfilter import console
 from selfilter.config import ConfigError, load_section
 from selfilter.evaluation.config import EvaluateConfig
 from selfilter.evaluation.guard import EvaluationError
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    console.setup()
     p = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__.splitlines()[0])
     add_arguments(p)
     return run(p.parse_args(argv))

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from selfilter import console
 from selfilter.config import ConfigError, load_section
 from selfilter.data.config import DataConfig
 from selfilter.data.ingest import AnnotationsError, run_ingest
@@ -21,6 +22,7 @@ from selfilter.data.shapes import write_dataset, write_tree
 
 
 def main(argv: list[str] | None = None) -> int:
+    console.setup()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--shapes-dir", required=True, help="where the shapes dataset is generated")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from selfilter import console
 from selfilter.config import ConfigError, load_section
 from selfilter.data.records import load_records
 from selfilter.io import file_digest, read_jsonl, write_json, write_parquet
@@ -179,6 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         for old in out.glob("b*_s*"):
             if old.is_dir() and old.name not in wanted:
                 shutil.rmtree(old)
+    written, compute_s = [], 0.0
     for budget in budgets:
         n_sel = budget_count(budget, len(records))
         picked = None
@@ -187,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
                 t0 = time.perf_counter()
                 picked = reg.run_method(method.name, inputs, n_sel, seed, options)
                 wall = time.perf_counter() - t0
+                compute_s += wall
             folder = out / subset_dirname(budget, seed)
             idx = picked.indices
             write_json(folder / "subset.json", [records[i] for i in idx], indent=None)
@@ -199,8 +202,11 @@ def _run(args: argparse.Namespace) -> int:
                 "n_selected": len(idx), "wall_seconds": round(wall, 4),
                 "deterministic": method.deterministic, "control": method.control,
                 "scoring": scoring, "params": params, "inputs": digests})
-            print(f"select: {method.name} budget={budget} seed={seed}: {len(idx)}/{len(records)} "
-                  f"records in {wall:.2f}s -> {folder}")
+            written.append((budget, len(idx)))
+    # one line for the stage (the per-subset figures are in each meta.json)
+    sizes = ", ".join(f"{b * 100:g}%: {n}" for b, n in dict.fromkeys(written))
+    print(f"select: {method.name}: {len(written)} subsets of the {len(records)}-record pool ({sizes}; "
+          f"{len(cfg.seeds)} seed(s)), {compute_s:.2f} s -> {out}")
     return 0
 
 
@@ -214,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    console.setup()
     p = argparse.ArgumentParser(prog="python -m stages.select", description=__doc__.splitlines()[0])
     add_arguments(p)
     return run(p.parse_args(argv))

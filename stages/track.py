@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from selfilter import console
 from selfilter.config import ConfigError, load_section
 from selfilter.io import write_json, write_sidecar
 from selfilter.tracking import (
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    console.setup()
     args = parse_args(argv)
     root = Path(args.root)
     # CLI paths are relative to the working directory; paths inside reports/metrics.json and

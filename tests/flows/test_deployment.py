@@ -99,7 +99,7 @@ def test_prefect_yaml_defines_smoke_and_gpu_deployments():
     for d in deployments.values():
         assert d["entrypoint"] == "flows/pipeline.py:selfilter_pipeline"
     (step,) = spec["pull"]
-    assert "prefect.deployments.steps.set_working_directory" in step
+    assert "selfilter.checkout.use_checkout" in step  # no SELFILTER_ROOT needed (tests/flows/test_checkout.py)
 
 
 def _clone_head(dest: Path) -> Path:
@@ -110,8 +110,11 @@ def _clone_head(dest: Path) -> Path:
     return dest
 
 
-def test_smoke_deployment_runs_the_real_pipeline_to_completed_on_a_process_worker(prefect_server, tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(prefect_server, tmp_path_factory):
+    """The smoke deployment run to its end by a process worker; yields (clone, run id, worker log)."""
     env = prefect_server
+    tmp_path = tmp_path_factory.mktemp("deployment")
     clone = _clone_head(tmp_path / "selfilter")
     _cli(["work-pool", "create", "selfilter-cpu", "--type", "process"], env, clone)
     # The deployment as prefect.yaml defines it: profile smoke, workdir "." (the worker's checkout).
@@ -121,12 +124,14 @@ def test_smoke_deployment_runs_the_real_pipeline_to_completed_on_a_process_worke
     assert match, out
     run_id = match.group(1)
 
-    # The worker takes the run in its checkout (SELFILTER_ROOT, the pull step) and exits.
-    worker_env = dict(env, SELFILTER_ROOT=str(clone))
+    # The worker is started the Prefect way - `prefect worker start --pool ...` from inside the
+    # checkout, no SELFILTER_ROOT (PWD is what a shell exports there) - takes the run and exits.
+    worker_env = {k: v for k, v in env.items() if k != "SELFILTER_ROOT"}
+    worker_env["PWD"] = str(clone)
     worker_log = tmp_path / "worker.log"
     with open(worker_log, "w") as log:
         worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "selfilter-cpu", "--run-once"],
-                                  cwd=tmp_path, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+                                  cwd=clone, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:
             worker.wait(timeout=RUN_TIMEOUT_S)
@@ -134,6 +139,12 @@ def test_smoke_deployment_runs_the_real_pipeline_to_completed_on_a_process_worke
             os.killpg(worker.pid, signal.SIGKILL)  # the worker, its flow run and the stage it runs
             worker.wait(timeout=30)
             pytest.fail(f"worker still running after {RUN_TIMEOUT_S} s:\n{worker_log.read_text()[-6000:]}")
+    return clone, run_id, worker_log
+
+
+def test_smoke_deployment_runs_the_real_pipeline_to_completed_on_a_process_worker(prefect_server, smoke_run):
+    env = prefect_server
+    clone, run_id, worker_log = smoke_run
     state = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10).json()["state"]
     assert state["type"] == "COMPLETED", f"flow run {run_id}: {state}\nworker:\n{worker_log.read_text()[-8000:]}"
 
@@ -178,3 +189,48 @@ def test_smoke_deployment_runs_the_real_pipeline_to_completed_on_a_process_worke
     artifacts = httpx.post(f"{env['PREFECT_API_URL']}/artifacts/filter", timeout=10,
                            json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
     assert {"selfilter-comparison", "selfilter-runs", "selfilter-params"} <= {a["key"] for a in artifacts}
+
+
+def _dvc(args: list[str], env: dict, cwd: Path, timeout: float = 900) -> str:
+    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"`dvc {' '.join(args)}` exit {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("key, value", [("select.k_nearest", 5), ("select.n_clusters", 3)])
+def test_dvc_experiment_reruns_only_what_reads_the_changed_key(prefect_server, smoke_run, key, value):
+    """`dvc exp run -S key=value` on the finished smoke pipeline: only the select stages of the
+    methods that read the key run again (plus the grid stages after them, which retrain and
+    re-evaluate only the changed runs), and `dvc exp show --only-changed` is a few columns."""
+    from selfilter.selection import registry as reg
+
+    env = dict(prefect_server)
+    clone = smoke_run[0]
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    if subprocess.run(["git", "status", "--porcelain", "params.yaml", "dvc.lock"], cwd=clone,
+                      capture_output=True, text=True).stdout.strip():
+        # the baseline: the smoke params and lock the flow run left behind
+        subprocess.run([*git, "commit", "-qm", "smoke baseline", "params.yaml", "dvc.lock"], cwd=clone, check=True)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    methods = params["select"]["methods"]
+    option = key.split(".", 1)[1]
+    readers = {m for m in methods if option in reg.METHODS[m].options}
+    assert readers and readers != set(methods)
+
+    out = _dvc(["exp", "run", "-S", f"{key}={value}"], env, clone)
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert {s for s in ran if s.startswith("select@")} == {f"select@{m}" for m in readers}, out[-3000:]
+    assert "select_params" in ran and not ran & {"prepare", "base", "features", "judge", "el2n",
+                                                 *(f"stage1@{s}" for s in params["stage1"]["settings"])}
+    n_runs = len(readers) * len(params["select"]["budgets"]) * len(params["select"]["seeds"])
+    if "finetune" in ran:  # only the changed subsets retrain and are evaluated again
+        retrained = re.search(r"finetune: (\d+) run\(s\) of", out)
+        assert retrained is None or int(retrained.group(1)) <= n_runs, out[-3000:]
+        evaluated = re.search(r"evaluate: (\d+) checkpoint\(s\) evaluated", out)
+        assert evaluated is not None and int(evaluated.group(1)) <= n_runs, out[-3000:]
+
+    table = _dvc(["exp", "show", "--only-changed", "--csv"], env, clone)
+    header = table.splitlines()[0].split(",")
+    assert key in header, header
+    assert len(header) < 60, header  # tens of columns, not thousands

@@ -19,11 +19,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# name -> one example each command's --help ends with
+EXAMPLES: dict[str, str] = {
+    "ingest": "selfilter ingest llava_v1_5_mix665k.json --image-dir data/images --out data/pool",
+    "shapes": "selfilter shapes --params params.yaml --out data/shapes",
+    "calibration": "selfilter calibration reports/calibration.json",
+    "verdict": "selfilter verdict --reports reports",
+}
+
+EPILOG = """\
+examples:
+  {examples}
+
+the pipeline (README):
+  make run                                  dvc repro, then selfilter verdict
+  dvc repro select@random                   one stage (and what it needs); python -m stages.select --help
+  dvc exp run -S select.k_nearest=5         an experiment: reruns only what reads the key
+  dvc metrics show / dvc exp show --only-changed     the compact results (reports/summary.json)
+  python -m flows.pipeline --profile smoke  the same stages as a Prefect flow (docs/prefect.md)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfilter",
         description="Self-Filter data selection for visual instruction tuning. "
         "The pipeline itself runs with `dvc repro` (see README); these commands are its parts.",
+        epilog=EPILOG.format(examples="\n  ".join(EXAMPLES[n] for n in COMMANDS)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
@@ -43,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"selfilter {name}", description=COMMANDS[name][1])
+    sub = argparse.ArgumentParser(prog=f"selfilter {name}", description=COMMANDS[name][1],
+                                  epilog=f"example:\n  {EXAMPLES[name]}",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     return int(module.run(args) or 0)

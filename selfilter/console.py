@@ -63,6 +63,12 @@ def _patch_tqdm() -> None:
     std.tqdm.__init__ = __init__
 
 
+def detail(logger: logging.Logger, msg: str, *args) -> None:
+    """A per-item line (one per run, checkpoint, shard): logged at INFO under SELFILTER_VERBOSE,
+    else at DEBUG - the stage's bar and summary line carry it on the console."""
+    logger.log(logging.INFO if verbose() else logging.DEBUG, msg, *args)
+
+
 def setup(level: int = logging.INFO) -> None:
     """Console of a stage process (idempotent): module-named INFO logs of this project,
     warnings of everyone, bars of this project only. Call once, early in the stage's main."""
@@ -74,6 +80,7 @@ def setup(level: int = logging.INFO) -> None:
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its logger's level on import
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
     os.environ.setdefault("DATASETS_VERBOSITY", "warning")
     _patch_tqdm()

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import textwrap
 from collections.abc import Callable
 
 from selfilter import console
@@ -18,6 +20,38 @@ def run_stage(name: str, body: Callable[[argparse.Namespace], int], args: argpar
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 1
+
+
+# Help for the flags every stage has, so no stage's --help leaves them blank.
+COMMON_HELP = {
+    "--params": "params file; the stage reads its own section (default: %(default)s)",
+    "--no-progress": "no progress bar (logs only)",
+}
+
+
+class StageParser(argparse.ArgumentParser):
+    """A stage's command line. ``--help`` shows the module docstring's first line, the flags, and
+    then the rest of the docstring - which opens with the command exactly as dvc.yaml runs it -
+    under "Example", and how to run the stage through DVC."""
+
+    def __init__(self, module: str, doc: str):
+        first, _, rest = (doc or "").strip().partition("\n\n")  # first paragraph: the description
+        first = " ".join(first.split())
+        stage = module.rsplit(".", 1)[-1]
+        # docstrings continue long commands with a backslash, which Python folds into spaces
+        body = re.sub(r"(?<=\S) {3,}(?=\[|--)", " \\\n        ", textwrap.dedent(rest).strip("\n"))
+        epilog = f"Example (as dvc.yaml runs it):\n{body}" if body else ""
+        epilog += (f"\n\nThrough DVC (skipped when nothing it depends on changed): dvc repro {stage}"
+                   "\nSettings: params.yaml (SELFILTER_VERBOSE=1 shows third-party progress bars and logs)")
+        super().__init__(prog=f"python -m {module}", description=first.strip(), epilog=epilog,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def add_argument(self, *names, **kwargs):
+        if "help" not in kwargs:
+            for name in names:
+                if name in COMMON_HELP:
+                    kwargs["help"] = COMMON_HELP[name]
+        return super().add_argument(*names, **kwargs)
 
 
 def add_model_pass_arguments(p: argparse.ArgumentParser) -> None:

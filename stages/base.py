@@ -11,7 +11,6 @@ saves them to the same places; ``--data`` is then only used for the probe, when 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -23,6 +22,7 @@ from selfilter import console
 from selfilter.config import ConfigError, load_section
 from selfilter.io import read_json, read_jsonl, write_json, write_sidecar
 from selfilter.models.config import BaseConfig
+from stages._common import StageParser
 
 
 def _probe_questions(data: Path, n: int) -> list[tuple]:
@@ -51,7 +51,7 @@ def _save_dir(out: Path, save) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     console.setup()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = StageParser("stages.base", __doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", required=True, help="shapes dataset folder (train.json, bench/)")
     parser.add_argument("--clip-out", required=True, help="CLIPModel + CLIPProcessor folder")

@@ -24,6 +24,7 @@ from selfilter import console
 from selfilter.config import ConfigError, load_section
 from selfilter.io import atomic_path, write_json, write_text
 from selfilter.report.config import CompareConfig
+from stages._common import StageParser
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     console.setup()
-    p = argparse.ArgumentParser(prog="python -m stages.compare", description=__doc__.splitlines()[0])
+    p = StageParser("stages.compare", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from selfilter.config import load_section
-from stages._common import add_model_pass_arguments, run_stage
 from selfilter.training.config import EL2NConfig
+from stages._common import StageParser, add_model_pass_arguments, run_stage
 
 log = logging.getLogger("el2n")
 
@@ -86,7 +86,7 @@ def _mean_rank_corr(per_seed) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.el2n", description=__doc__.splitlines()[0])
+    p = StageParser("stages.el2n", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

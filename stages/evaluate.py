@@ -33,6 +33,7 @@ from selfilter.evaluation.config import EvaluateConfig
 from selfilter.evaluation.guard import EvaluationError
 from selfilter.selection.config import compared_methods
 from selfilter.io import file_digest, read_json, sidecar_path, write_json, write_sidecar
+from stages._common import StageParser
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     console.setup()
-    p = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__.splitlines()[0])
+    p = StageParser("stages.evaluate", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

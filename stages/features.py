@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from selfilter.config import load_section
-from stages._common import run_stage
 from selfilter.data.records import load_records
 from selfilter.features import clip
 from selfilter.features.config import FeaturesConfig
 from selfilter.io import file_digest, write_json, write_sidecar
+from stages._common import StageParser, run_stage
 
 log = logging.getLogger("features")
 
@@ -34,9 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--work-dir", help="shard folder (default OUT/shards)")
     p.add_argument("--shard-index", type=int, help="compute only shards s with s %% num_shards == index")
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--num-shards", type=int, default=1,
+                   help="with --shard-index: how many processes/devices split the shards (default: %(default)s)")
     p.add_argument("--merge-only", action="store_true", help="only merge finished shards")
-    p.add_argument("--keep-shards", action="store_true")
+    p.add_argument("--keep-shards", action="store_true", help="keep the shard files after merging (default: delete)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -93,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.features", description=__doc__.splitlines()[0])
+    p = StageParser("stages.features", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

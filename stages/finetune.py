@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfilter import console
 from selfilter.config import ConfigError, load_section
-from stages._common import run_stage
 from selfilter.selection.config import compared_methods
 from selfilter.training.config import FinetuneConfig
+from stages._common import StageParser, run_stage
 
 log = logging.getLogger("finetune")
 # params that change where/how fast a run goes, not what it computes
@@ -159,6 +160,18 @@ def _train_one(job: _Job) -> tuple[str, int, float, float]:
     return job.name, result.step, result.log[-1]["loss"], result.wall_s
 
 
+def _runs_bar(total: int, args: argparse.Namespace):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="finetune", unit="run", disable=args.no_progress)
+
+
+def _finished(bar, name: str, steps: int, loss: float, wall: float) -> None:
+    bar.set_postfix_str(f"{name} loss {loss:.3f}", refresh=False)
+    bar.update()
+    console.detail(log, "%s: %d steps, loss %.4f, %.2f s", name, steps, loss, wall)
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg = load_section("finetune", FinetuneConfig, args.params)
     from selfilter.data.encode import ChatEncoder, EncodedDataset
@@ -194,26 +207,23 @@ def _run(args: argparse.Namespace) -> int:
         # fork: children inherit the encoded pool copy-on-write. The parent has run no torch
         # parallel region yet (encoding only builds tensors), so no OpenMP pool is inherited.
         _CTX["progress"] = False
-        from tqdm.auto import tqdm
-
-        with mp.get_context("fork").Pool(workers) as p, tqdm(total=len(jobs), desc="finetune", unit="run",
-                                                              disable=args.no_progress) as bar:
+        with mp.get_context("fork").Pool(workers) as p, _runs_bar(len(jobs), args) as bar:
             for name, steps, loss, wall in p.imap_unordered(_train_one, jobs):
-                log.info("%s: %d steps, loss %.4f, %.2f s", name, steps, loss, wall)
-                bar.update()
+                _finished(bar, name, steps, loss, wall)
     else:
-        _CTX["progress"] = not args.no_progress
+        # one bar for the stage's runs; each run's own step bar only with SELFILTER_VERBOSE
+        _CTX["progress"] = not args.no_progress and console.verbose()
         _CTX["accelerator"] = make_accelerator(cfg.device, cfg.mixed_precision)
-        for job in jobs:
-            name, steps, loss, wall = _train_one(job)
-            log.info("%s: %d steps, loss %.4f, %.2f s", name, steps, loss, wall)
+        with _runs_bar(len(jobs), args) as bar:
+            for job in jobs:
+                _finished(bar, *_train_one(job))
     log.info("%d run(s) of %d method(s) in %.1f s (%d worker(s))", len(jobs), len(methods),
              time.perf_counter() - started, workers)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.finetune", description=__doc__.splitlines()[0])
+    p = StageParser("stages.finetune", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

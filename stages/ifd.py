@@ -17,7 +17,7 @@ from pathlib import Path
 
 from selfilter.config import load_section
 from selfilter.training.config import IFDConfig
-from stages._common import add_model_pass_arguments, run_stage
+from stages._common import StageParser, add_model_pass_arguments, run_stage
 
 log = logging.getLogger("ifd")
 
@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.ifd", description=__doc__.splitlines()[0])
+    p = StageParser("stages.ifd", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

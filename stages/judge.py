@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 from selfilter.config import load_section
-from stages._common import run_stage
 from selfilter.data.records import load_records
 from selfilter.io import read_jsonl, write_json, write_parquet, write_sidecar
 from selfilter.judge import build_backend, judge_records
 from selfilter.judge.annotation import index_scenes
 from selfilter.judge.config import JudgeConfig
+from stages._common import StageParser, run_stage
 
 log = logging.getLogger("judge")
 
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.judge", description=__doc__.splitlines()[0])
+    p = StageParser("stages.judge", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from selfilter.config import load_section
 from selfilter.training.config import LESSConfig
-from stages._common import add_model_pass_arguments, run_stage
+from stages._common import StageParser, add_model_pass_arguments, run_stage
 
 log = logging.getLogger("less")
 
@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.less", description=__doc__.splitlines()[0])
+    p = StageParser("stages.less", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -9,7 +9,6 @@ left empty, so the stage's declared outputs still exist).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,11 +18,12 @@ from selfilter.config import ConfigError, load_section
 from selfilter.data.config import DataConfig
 from selfilter.data.ingest import AnnotationsError, run_ingest
 from selfilter.data.shapes import write_dataset, write_tree
+from stages._common import StageParser
 
 
 def main(argv: list[str] | None = None) -> int:
     console.setup()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = StageParser("stages.prepare", __doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--shapes-dir", required=True, help="where the shapes dataset is generated")
     parser.add_argument("--out", required=True, help="ingest output folder (records.jsonl, ...)")

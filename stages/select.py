@@ -35,6 +35,7 @@ from selfilter.data.records import load_records
 from selfilter.io import file_digest, read_jsonl, write_json, write_parquet
 from selfilter.selection import registry as reg
 from selfilter.selection.config import SelectConfig, budget_count, subset_dirname
+from stages._common import StageParser
 
 STAGE1_SETTINGS = {reg.DIFFICULTY_SCORES: "scores", reg.DIFFICULTY_CLIP: "clip"}
 # input name -> command-line flag (attribute) of its file
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     console.setup()
-    p = argparse.ArgumentParser(prog="python -m stages.select", description=__doc__.splitlines()[0])
+    p = StageParser("stages.select", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -21,7 +21,7 @@ from selfilter.config import load_section
 from selfilter.io import write_json
 from selfilter.selection import registry as reg
 from selfilter.selection.config import SelectConfig
-from stages._common import run_stage
+from stages._common import StageParser, run_stage
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,9 +43,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.select_params", description=__doc__.splitlines()[0],
-                                epilog="Example: python -m stages.select_params --params params.yaml --out select_params",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = StageParser("stages.select_params", __doc__)
     add_arguments(p)
     return run_stage("select_params", _run, p.parse_args(argv))
 

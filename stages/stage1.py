@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from selfilter.config import load_section
-from stages._common import run_stage
 from selfilter.training.config import Stage1Config
+from stages._common import StageParser, run_stage
 
 log = logging.getLogger("stage1")
 
@@ -120,7 +120,7 @@ def _default_checkpoint_dir(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.stage1", description=__doc__.splitlines()[0])
+    p = StageParser("stages.stage1", __doc__)
     add_arguments(p)
     return run(p.parse_args(argv))
 

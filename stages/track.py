@@ -26,10 +26,11 @@ from selfilter.tracking import (
     log_lineage,
     redact_uri,
 )
+from stages._common import StageParser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m stages.track", description=__doc__.splitlines()[0])
+    p = StageParser("stages.track", __doc__)
     p.add_argument("--params", default="params.yaml", help="params file (section: tracking)")
     p.add_argument("--root", default=".", help="project root holding the pipeline's outputs and dvc.lock")
     p.add_argument("--records", default="data/pool/records.jsonl", help="the pool (logged as a dataset)")

@@ -24,7 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reports", default="reports", help="the compare stage's folder (default: %(default)s)")
     p.add_argument("--mlflow", default=None,
                    help="tracking URI to point at (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
-    p.epilog = "Example: selfilter verdict --reports reports"
 
 
 def verdict_section(markdown: str) -> list[str]:

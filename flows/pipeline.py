@@ -40,6 +40,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
+from selfilter.config import parse_yaml
 
 # Stage groups in pipeline order (names of dvc.yaml stages; foreach/matrix stages expand to
 # `name@item`, and `dvc repro name` runs every item). Groups dvc.yaml lacks are skipped;
@@ -126,7 +127,7 @@ def resolve_profile(profile: str, workdir: Path) -> Path:
 
 def _read_yaml_mapping(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text) or {}
+        data = parse_yaml(text) or {}
     except yaml.YAMLError as e:
         raise PipelineError(f"{source}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
@@ -495,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = parse_yaml(value)
     try:
         result = selfilter_pipeline(profile=args.profile, overrides=overrides or None, targets=args.targets,
                                     workdir=args.workdir, feature_shards=args.feature_shards,

@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from selfilter.config import Section
+from selfilter.config import Section, parse_yaml
 from selfilter.io import file_digest, read_json
 
 # The Prefect flow opens a parent run and exports its id here; `track` then nests under it.
@@ -158,7 +158,7 @@ def read_dvc_lock(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     stages = data.get("stages", {}) if isinstance(data, dict) else {}
@@ -343,7 +343,7 @@ def collect_lineage(root: str | Path, *, params_path: str | Path = "params.yaml"
     params_file, records_file, report_file = rel(params_path), rel(records), rel(report)
     excluded = {rel(p).resolve() for p in exclude}
 
-    params = yaml.safe_load(params_file.read_text(encoding="utf-8")) if params_file.is_file() else {}
+    params = parse_yaml(params_file.read_text(encoding="utf-8")) if params_file.is_file() else {}
     params = params or {}
     lock = read_dvc_lock(root / "dvc.lock")
     hashes = dvc_stage_hashes(lock)

@@ -11,6 +11,7 @@ control reads the hidden labels). Writes, per budget fraction and seed, OUT/b{bu
 ``subset.json`` (the selected records exactly as read from records.jsonl, ``uid`` included, in
 pick/rank order: a LLaVA-format JSON array), ``trace.parquet`` (rank, uid, score at pick) and
 ``meta.json`` (method, budget, seed, counts, wall_seconds of the selection, params, input digests,
+``stats`` of how it ran - for Self-Filter the neighbour index chosen and its counters -
 and ``scoring``: the wall time and model passes of the scoring stage the method's inputs came from,
 read from that stage's metrics.json, so model-pass methods show their whole cost).
 Deterministic methods (Self-Filter variants, full) are computed once per budget and written for
@@ -202,7 +203,8 @@ def _run(args: argparse.Namespace) -> int:
                 "method": method.name, "budget": budget, "seed": seed, "n_pool": len(records),
                 "n_selected": len(idx), "wall_seconds": round(wall, 4),
                 "deterministic": method.deterministic, "control": method.control,
-                "scoring": scoring, "params": params, "inputs": digests})
+                "scoring": scoring, "params": params, "inputs": digests,
+                "stats": picked.stats})
             written.append((budget, len(idx)))
     # one line for the stage (the per-subset figures are in each meta.json)
     sizes = ", ".join(f"{b * 100:g}%: {n}" for b, n in dict.fromkeys(written))

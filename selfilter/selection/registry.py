@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from dataclasses import field as dc_field
 
 import numpy as np
 
@@ -120,6 +121,7 @@ class Picked:
 
     indices: np.ndarray
     scores: np.ndarray
+    stats: dict = dc_field(default_factory=dict)  # how the method ran (Self-Filter: index backend, lists, ...)
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def _self_filter(difficulty_input: str, *, no_div: bool = False, easiest: bool =
             res = diverse_greedy(d, inputs.get(FEATURES), budget_n, k_nearest=o.k_nearest, gamma=o.gamma,
                                  penalty=o.penalty, device=o.device, backend=o.backend,
                                  precision=o.precision, show_progress=o.show_progress)
-        return Picked(res.indices, res.scores)
+        return Picked(res.indices, res.scores, dict(res.stats))
 
     return select
 

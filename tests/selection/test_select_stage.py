@@ -165,3 +165,11 @@ def test_select_params_splits_the_section_so_a_key_reaches_only_its_readers(fake
     stale.write_text(before["self_filter_clip.json"])
     assert _run(tmp_path, "self_filter_clip", features=tmp_path / "clip.npy", stage1=tmp_path / "stage1",
                 **{"method-params": stale}) == 1
+
+
+def test_meta_records_how_stage_2_ran(fake):
+    tmp_path, _ = fake
+    assert _run(tmp_path, "self_filter_clip", features=tmp_path / "clip.npy", stage1=tmp_path / "stage1") == 0
+    stats = json.loads((tmp_path / "sel" / "self_filter_clip" / "b0.25_s0" / "meta.json").read_text())["stats"]
+    assert stats["backend"] in ("dense", "clustered") and stats["precision"] in ("bfloat16", "float32")
+    assert stats["lists"] >= 10 and "why" in stats

@@ -53,14 +53,27 @@ def _patch_tqdm() -> None:
     original = std.tqdm.__init__
 
     def __init__(self, *args, **kwargs):  # noqa: N807 - replaces tqdm.__init__
+        log_file = False
         if not is_own(_caller_module()):
             kwargs["disable"] = True
         elif not (kwargs.get("file") or sys.stderr).isatty():
             kwargs["mininterval"] = max(float(kwargs.get("mininterval") or 0.1), NON_TTY_INTERVAL_S)
+            log_file = True
         original(self, *args, **kwargs)
+        self._selfilter_log_file = log_file
 
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
     std.tqdm.__init__ = __init__
+
+    # set_postfix redraws at once by default - every step, whatever mininterval says; in a log
+    # file the postfix waits for the next (rate-limited) redraw instead
+    for name in ("set_postfix", "set_postfix_str"):
+        def postfix(self, *args, _original=getattr(std.tqdm, name), **kwargs):
+            if getattr(self, "_selfilter_log_file", False):
+                kwargs["refresh"] = False
+            return _original(self, *args, **kwargs)
+
+        setattr(std.tqdm, name, postfix)
 
 
 def detail(logger: logging.Logger, msg: str, *args) -> None:

@@ -67,8 +67,8 @@ def _fit(params: list[nn.Parameter], n: int, step_loss: Callable[[list[int]], to
                 optimizer.step()
                 scheduler.step()
                 losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)  # drawn by the update
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return losses
 
 

@@ -58,6 +58,8 @@ def _patch_tqdm() -> None:
             kwargs["disable"] = True
         elif not (kwargs.get("file") or sys.stderr).isatty():
             kwargs["mininterval"] = max(float(kwargs.get("mininterval") or 0.1), NON_TTY_INTERVAL_S)
+            # tqdm's monitor thread redraws a bar idle for maxinterval (10 s): a line per 10 s
+            kwargs["maxinterval"] = max(float(kwargs.get("maxinterval") or 10.0), NON_TTY_INTERVAL_S)
             log_file = True
         original(self, *args, **kwargs)
         self._selfilter_log_file = log_file

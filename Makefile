@@ -50,7 +50,7 @@ lock:  ## re-resolve requirements.in into requirements.lock
 	rm -rf /tmp/selfilter-lock && $(PYTHON) -m venv /tmp/selfilter-lock
 	/tmp/selfilter-lock/bin/pip install -q -r requirements.in
 	( echo '# Exact, tested dependency set (pip freeze of requirements.in on python 3.11 / x86_64). Regenerate: make lock'; \
-	  /tmp/selfilter-lock/bin/pip freeze | grep -v '^-e ' ) > requirements.lock
+	  /tmp/selfilter-lock/bin/pip freeze --all | grep -v '^-e \|^pip==' ) > requirements.lock  # --all: setuptools pinned too
 
 bench: $(STAMP)  ## speed/memory benchmarks (figures in benchmarks/README.md)
 	$(BIN)/python -m benchmarks.bench_select

@@ -22,7 +22,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # this machine's pip config lists local mirrors that do not exist; hide its per-package warnings
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory'
 
-.PHONY: help setup run test smoke lock bench clean mlflow-ui
+.PHONY: help setup run test smoke lock bench clean mlflow-ui reliability
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -43,6 +43,9 @@ run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro), th
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest tests
+
+reliability: $(STAMP)  ## fault-injection suite incl. the soak (~45 min on 2 cores); table in .cache/reliability/table.md
+	SELFILTER_SOAK=1 $(BIN)/python -m pytest tests/reliability -p no:cacheprovider -rs
 
 lock:  ## re-resolve requirements.in into requirements.lock
 	rm -rf /tmp/selfilter-lock && $(PYTHON) -m venv /tmp/selfilter-lock

@@ -14,6 +14,10 @@ def run_stage(name: str, body: Callable[[argparse.Namespace], int], args: argpar
     input files) as one ``<name>: error: ...`` line with exit 1 instead of a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
+    # the openai client's HTTP layer logs a line per request, URL included (which may carry
+    # credentials): hundreds of thousands of lines for a judge run over a real pool
+    for http in ("httpx", "httpx2"):
+        logging.getLogger(http).setLevel(logging.WARNING)
     try:
         return body(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -114,6 +114,19 @@ def test_wrong_key_fails_fast_with_one_clear_line(env, capsys, ledger, monkeypat
     assert lost == 0
 
 
+def test_no_log_line_per_request(env, capsys, caplog, ledger):
+    """The HTTP client's per-request INFO lines (URL included) stay out of the stage's output."""
+    import logging
+
+    server, args, out = env
+    caplog.set_level(logging.INFO)
+    rc, err = _run(args, capsys)
+    per_request = [r for r in caplog.records if "HTTP Request" in r.getMessage()]
+    ledger("per-request log lines (URL in each)", "judge (openai backend)", f"{len(per_request)} lines for {N} requests",
+           lost=len(per_request))
+    assert rc == 0 and not per_request
+
+
 def test_unparseable_ratings_are_named_not_passed_off(env, capsys, ledger):
     server, args, out = env
     bad = frozenset({3, 7})

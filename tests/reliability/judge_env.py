@@ -3,6 +3,7 @@ the checks every judge fault case shares (ratings lost, one-line errors)."""
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import pandas as pd
@@ -11,8 +12,9 @@ N = 12
 CONCURRENCY = 3
 MAX_RETRIES = 3
 KEY_ENV = "SELFILTER_RELIABILITY_JUDGE_KEY"
-# A made-up key: the secrets case greps every file for it. Not a real secret anywhere.
-CANARY = "sk-canary-7f3e1d2c9b8a-not-a-real-key"
+# A made-up key, drawn per session so that it is in no source file either (a clone of this
+# repository is among the files the secrets case greps). Not a real secret anywhere.
+CANARY = f"sk-canary-{secrets.token_hex(16)}"
 
 
 def planted(uid: int) -> int:

@@ -1,5 +1,5 @@
-"""A real `mlflow server` on 127.0.0.1 that a test can stop and start again (same port, same
-backend store), and a run-id-free snapshot of what a store holds, to compare two stores."""
+"""Real servers on 127.0.0.1 that a test can stop and start again on the same port (`mlflow
+server`, `prefect server`), and a run-id-free snapshot of what an MLflow store holds."""
 from __future__ import annotations
 
 import os
@@ -22,34 +22,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class MlflowServer:
-    def __init__(self, backend_uri: str, artifacts: Path, log: Path):
-        self.backend_uri, self.artifacts, self.log = backend_uri, artifacts, log
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
+class Service:
+    """A server process in its own session, healthy when ``health`` answers 200."""
+
+    def __init__(self, argv: list[str], health: str, log: Path, env: dict[str, str]):
+        self.argv, self.health, self.log, self.env = argv, health, log, env
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "MlflowServer":
-        env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", self.backend_uri, "--default-artifact-root", self.artifacts.as_uri()],
-            env=env, stdout=open(self.log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    def start(self) -> "Service":
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
-                if httpx.get(f"{self.uri}/health", timeout=2).status_code == 200:
+                if httpx.get(self.health, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.argv[:2]} did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.3)
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        try:  # the server runs uvicorn workers: end its whole process group
+        try:  # servers run worker processes: end the whole process group
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=30)
         except ProcessLookupError:
@@ -58,6 +55,27 @@ class MlflowServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+class MlflowServer(Service):
+    def __init__(self, backend_uri: str, artifacts: Path, log: Path):
+        port = free_port()
+        self.uri = f"http://127.0.0.1:{port}"
+        super().__init__([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                          "--backend-store-uri", backend_uri, "--default-artifact-root", artifacts.as_uri()],
+                         f"{self.uri}/health", log, dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1"))
+
+
+class PrefectServer(Service):
+    def __init__(self, home: Path, log: Path):
+        port = free_port()
+        self.api = f"http://127.0.0.1:{port}/api"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        self.env.update(PREFECT_HOME=str(home), PREFECT_API_URL=self.api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                        PREFECT_LOGGING_LEVEL="WARNING", PREFECT_CLI_PROMPT="false", DVC_NO_ANALYTICS="1",
+                        DO_NOT_TRACK="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        super().__init__([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                         f"{self.api}/health", log, self.env)
 
 
 def snapshot(uri: str, experiment: str = "selfilter") -> dict:

@@ -25,7 +25,7 @@ import pytest
 
 from fake_openai import FakeOpenAI, rating_from_prompt
 from judge_env import CANARY, KEY_ENV
-from mlflow_env import snapshot
+from services import snapshot
 from smoke_checkout import BIN, REPO, file_digests, kill_group, marker_mtimes, run, stage_env, start
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]

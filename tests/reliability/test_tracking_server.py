@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fake_pipeline import build_fake_pipeline, fresh_sqlite_store
-from mlflow_env import MlflowServer, snapshot
+from services import MlflowServer, snapshot
 from stages import track
 
 pytestmark = pytest.mark.slow

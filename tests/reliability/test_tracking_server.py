@@ -131,3 +131,29 @@ def test_sigkill_mid_track_leaves_nothing_to_duplicate(tmp_path, server, ledger,
            "rerun completed the parent; no duplicate, orphan or RUNNING run", lost=lost + len(orphans),
            calls=len(after), bound=expected)
     assert lost == 0 and not orphans and all(v["status"] == "FINISHED" for v in after.values())
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_sigkill_while_the_sqlite_store_is_created(tmp_path, ledger, seed):
+    """track's first run creates mlruns.db; MLflow migrates its schema in many transactions.
+    A process killed half-way must not leave a store that every later run fails on."""
+    from selfilter.tracking import connect
+
+    db = tmp_path / "mlruns.db"
+    code = f"from selfilter.tracking import connect; connect('sqlite:///{db}', 'e')"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 120
+    while not any(tmp_path.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the store's file (or its temporary) exists: the migration has begun
+    time.sleep(float(np.random.default_rng(seed).uniform(1.0, 3.0)))  # the migration takes ~8 s here
+    landed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    try:
+        connect(f"sqlite:///{db}", "e")
+        outcome, lost = "the next run creates or opens the store", 0
+    except Exception as e:  # noqa: BLE001 - any failure here is the finding
+        outcome, lost = f"store unusable: {str(e)[:80]}", 1
+    ledger("SIGKILL while mlruns.db is created" + ("" if landed else " (had finished)"), "track (sqlite store)",
+           outcome, lost=lost)
+    assert lost == 0

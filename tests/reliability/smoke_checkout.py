@@ -46,6 +46,28 @@ def start(cmd: list[str], cwd: Path, env: dict, console: Path) -> subprocess.Pop
                             start_new_session=True)
 
 
+def wait_for_stage(proc: subprocess.Popen, timeout: float = 600) -> float | None:
+    """Block until ``proc`` (a `dvc repro`) has started a stage process (``python -m stages.*``);
+    its monotonic time, or None when ``proc`` ended first. Kill points are measured from here,
+    so that they land in the stage and not in DVC's own start-up (hashing deps, locking)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            kids = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return None
+        for kid in kids:
+            try:
+                if "stages." in " ".join(kid.cmdline()):
+                    return time.monotonic()
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    return None
+
+
 def kill_group(proc: subprocess.Popen) -> bool:
     """SIGKILL the whole session; True when it was still running (the kill landed mid-run)."""
     alive = proc.poll() is None

@@ -100,7 +100,8 @@ def snapshot(uri: str, experiment: str = "selfilter") -> dict:
                 yield from (files(f.path) if f.is_dir else [f.path])
 
         out[k] = {"status": r.info.status, "parent": key_of.get(r.data.tags.get("mlflow.parentRunId")),
-                  "params": dict(r.data.params), "metrics": dict(r.data.metrics),
+                  # NaN (a CI over one seed) != NaN: compare it as a string
+                  "params": dict(r.data.params), "metrics": {m: repr(v) for m, v in r.data.metrics.items()},
                   "tags": {t: v for t, v in r.data.tags.items() if not t.startswith("mlflow.")},
                   "artifacts": sorted(files())}
     return out

@@ -1,10 +1,12 @@
 """Two flow runs of one deployment (prefect.yaml's `smoke`, concurrency_limit 1) against a real
 Prefect server, taken by one worker that could run both at once: they must not overlap in time,
 and both must complete. The worker's checkout is a tiny DVC project (a stage that sleeps), so
-the case costs the server and the flow, not the pipeline. Soak: about 2 minutes."""
+the case costs the server and the flow, not the pipeline; it carries the flow's code (a worker
+runs its checkout's flows/). Soak: about 2 minutes."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 from datetime import datetime
@@ -36,6 +38,8 @@ def _project(root: Path, env: dict) -> Path:
     (root / "params.yaml").write_text("prepare:\n  n: 1\ntracking:\n  enabled: false\n")
     (root / "profiles").mkdir()
     (root / "profiles/smoke.yaml").write_text("prepare:\n  n: 2\n")
+    # a worker runs the flow from its own checkout (prefect.yaml: no build, no push)
+    shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     _git(root, "init", "-q")
     _git(root, "config", "user.email", "t@example.com")
     _git(root, "config", "user.name", "t")

@@ -8,7 +8,8 @@ fresh clone of HEAD, then faults injected into it.
 - Two `dvc repro` in one checkout: the second refuses at once; the first finishes.
 - Crash anywhere: every long stage group is first rerun uninterrupted (its time T and the
   reference outputs), then SIGKILLed (dvc and the stage: the whole session) at 3 seeded points
-  in (0.15, 0.85) x T, then `dvc repro --no-run-cache`: it finishes, every output equals the
+  in (0.15, 0.85) x T, then `dvc repro --no-run-cache` with an empty DVC cache (so the killed
+  stage really reruns, resuming what it can): it finishes, every output equals the
   uninterrupted run's (JSON wall-clock fields aside), finished fine-tunes and evaluations are
   not redone, and MLflow holds no duplicate, orphaned or RUNNING run. T and the kill point are
   measured from the moment the stage's own process starts (after DVC's start-up).
@@ -71,6 +72,20 @@ def _prep(c: Checkout, group: str) -> None:
         c.server.answered.clear()
         c.server.repeats = 0
         c.server.requests.clear()
+
+
+def _repro_without_cache(c: Checkout) -> subprocess.CompletedProcess:
+    """`dvc repro --no-run-cache` with an empty cache folder: `--no-run-cache` alone still lets
+    DVC check a killed stage's outputs out of .dvc/cache ("is cached - skipping run"), so the
+    stage would never really rerun. Switched back afterwards."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=c.home) as empty:
+        assert _dvc(c, "config", "--local", "cache.dir", empty).returncode == 0
+        try:
+            return _dvc(c, "repro", "--no-run-cache")
+        finally:
+            _dvc(c, "config", "--local", "--unset", "cache.dir")
 
 
 def _store(c: Checkout) -> dict:
@@ -163,7 +178,7 @@ def test_sigkill_then_repro(checkout, ledger, group, seed):
     markers = {k: v for k, v in marker_mtimes(c.root).items()
                if not (group == "finetune" and k.startswith("evals/"))}
     t0 = time.monotonic()
-    rerun = _dvc(c, "repro", "--no-run-cache")
+    rerun = _repro_without_cache(c)
     rerun_s = time.monotonic() - t0
     status = _dvc(c, "status")
     after = file_digests(c.root)

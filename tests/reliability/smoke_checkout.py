@@ -19,7 +19,12 @@ OUTPUT_DIRS = ("data", "models", "features", "judge", "stage1", "el2n", "selecti
                "reports", "metrics")
 # JSON keys that hold wall-clock times or run ids: they differ between two uninterrupted runs
 VOLATILE_KEYS = {"wall_s", "wall_seconds", "seconds", "train_s", "parent_run_id", "load_s", "encode_s",
-                 "eval_s", "time_s", "elapsed_s", "started", "finished", "timestamp", "date"}
+                 "eval_s", "time_s", "elapsed_s", "started", "finished", "timestamp", "date",
+                 # the judge's cost accounting of *this* run: a resumed run answers from its cache
+                 "requests", "completed", "cache_hits", "retries", "failed", "skipped", "prompt_tokens",
+                 "completion_tokens", "tokens"}
+# ... and the same accounting as text: the comparison report's cost table
+ACCOUNTING_TEXT = {"judge": {"reports/comparison.md"}}
 
 
 def stage_env(home: Path, **extra: str) -> dict[str, str]:

@@ -86,8 +86,8 @@ def kill_group(proc: subprocess.Popen) -> bool:
 
 
 def _strip(obj):
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE_KEYS}
+    if isinstance(obj, dict):  # and any "<what>_s": seconds, by this codebase's naming (save_s, ...)
+        return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE_KEYS and not k.endswith("_s")}
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj

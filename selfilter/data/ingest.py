@@ -40,7 +40,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from selfilter.data.config import DEFAULT_MAX_IMAGE_PIXELS
@@ -199,11 +199,14 @@ def check_image_file(path: Path, max_pixels: int) -> Problem | None:
     name = str(path)
     if path.stat().st_size == 0:
         return Problem("image_empty", f"{name} is empty (0 bytes)")
-    saved_limit = Image.MAX_IMAGE_PIXELS
+    saved_limit, saved_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         # Our limit, enforced twice: an explicit check on the header's size (before any decoding)
         # and PIL's own bomb guard, with its warning turned into an error.
         Image.MAX_IMAGE_PIXELS = max_pixels
+        # Libraries set this process-wide (lmms-eval's imports do): truncated files then decode
+        # silently, padded with grey. Ingest must see them as truncated whoever imported what.
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
@@ -223,7 +226,7 @@ def check_image_file(path: Path, max_pixels: int) -> Problem | None:
     except (SyntaxError, ValueError, TypeError, EOFError) as e:  # PIL raises these on corrupt headers
         return Problem("image_unreadable", f"{name}: {type(e).__name__}: {e}")
     finally:
-        Image.MAX_IMAGE_PIXELS = saved_limit
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved_limit, saved_truncated
     return None
 
 

@@ -65,3 +65,15 @@ def test_parallel_image_checks_match_the_serial_ones(tmp_path):
     for name in ("records.jsonl", "rejected.jsonl"):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
     assert serial["by_reason"] == parallel["by_reason"]
+
+
+def test_truncated_images_rejected_whatever_a_library_set(tmp_path, monkeypatch):
+    """Some imports (lmms-eval's) set PIL's LOAD_TRUNCATED_IMAGES process-wide; ingest must still
+    reject a truncated file (found when the 50K case ran after the evaluation tests)."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    annotations, images, truth = make_pool(tmp_path / "pool", 400)
+    summary = run_ingest(annotations, images, tmp_path / "out", max_pixels=MAX_PIXELS, progress=False)
+    assert summary["by_reason"].get("image_truncated") == sum(v == "image_truncated" for v in truth.values()) > 0
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for whoever set it

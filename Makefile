@@ -44,7 +44,7 @@ run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro), th
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest tests
 
-reliability: $(STAMP)  ## fault-injection suite incl. the soak (~45 min on 2 cores); table in .cache/reliability/table.md
+reliability: $(STAMP)  ## fault-injection suite incl. the soak (~25 min on 2 cores); table in .cache/reliability/table.md
 	SELFILTER_SOAK=1 $(BIN)/python -m pytest tests/reliability -p no:cacheprovider -rs
 
 lock:  ## re-resolve requirements.in into requirements.lock

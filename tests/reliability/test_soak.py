@@ -14,7 +14,7 @@ fresh clone of HEAD, then faults injected into it.
   uninterrupted run's (JSON wall-clock fields aside), finished fine-tunes and evaluations are
   not redone, and MLflow holds no duplicate, orphaned or RUNNING run. T and the kill point are
   measured from the moment the stage's own process starts (after DVC's start-up).
-About 40 minutes on 2 busy cores.
+About 20-25 minutes on 2 busy cores.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # this machine's pip config lists local mirrors that do not exist; hide its per-package warnings
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory'
 
-.PHONY: help setup run test smoke lock bench clean mlflow-ui exps
+.PHONY: help setup run test smoke lock bench clean mlflow-ui exps reliability
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -45,6 +45,9 @@ test: $(STAMP)  ## run the test suite
 
 exps: $(STAMP)  ## dvc experiments side by side: the params and metrics that differ (output hashes dropped)
 	$(BIN)/dvc exp show --only-changed --drop '.*/.*|(evals|runs|selections|stage1|el2n|ifd|less|features)$$'
+
+reliability: $(STAMP)  ## fault-injection suite incl. the soak (~25 min on 2 cores); table in .cache/reliability/table.md
+	SELFILTER_SOAK=1 $(BIN)/python -m pytest tests/reliability -p no:cacheprovider -rs
 
 lock:  ## re-resolve requirements.in into requirements.lock
 	rm -rf /tmp/selfilter-lock && $(PYTHON) -m venv /tmp/selfilter-lock

@@ -70,11 +70,12 @@ def parse_section(data: dict[str, Any], name: str, schema: type[S], source: str 
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
-        lines = []
+        # One line (stages print it as their one error line); each fault names its dotted key.
+        faults = []
         for err in e.errors():
             key = ".".join([name, *map(str, err["loc"])])
-            lines.append(f"  {key}: {err['msg']}")
-        raise ConfigError(f"{source}: invalid params\n" + "\n".join(lines)) from None
+            faults.append(f"{key}: {err['msg']}")
+        raise ConfigError(f"{source}: invalid params: " + "; ".join(faults)) from None
 
 
 def load_section(name: str, schema: type[S], path: str | Path = DEFAULT_PARAMS) -> S:

@@ -20,7 +20,8 @@ NON_TTY_INTERVAL_S = 30.0
 # Module-name prefixes whose bars are the stage's own (everything else is third-party).
 OWN_MODULES = ("selfilter", "stages", "flows", "benchmarks", "__main__")
 # Loggers that talk at INFO once per checkpoint or import.
-CHATTY_LOGGERS = ("accelerate", "numexpr", "transformers", "datasets", "httpx", "filelock", "urllib3",
+# (httpx/httpx2: the openai client logs a line per request, URL included - it may carry credentials)
+CHATTY_LOGGERS = ("accelerate", "numexpr", "transformers", "datasets", "httpx", "httpx2", "filelock", "urllib3",
                   "PIL", "matplotlib", "lmms-eval", "lmms_eval", "mlflow", "alembic", "sentence_transformers")
 
 _installed = False

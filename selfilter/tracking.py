@@ -615,6 +615,7 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None,
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     local_art = _local_path(artifact_location)
     try:
+        create_sqlite_store(uri)
         with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s)):
             client = MlflowClient(tracking_uri=uri)
             exp = client.get_experiment_by_name(experiment)
@@ -637,6 +638,29 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None,
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingUnavailable(f"MLflow store {redact_uri(uri)} is not usable: {redact_uri(first)[:300]}") from None
     return Tracker(client, exp_id, uri)
+
+
+def create_sqlite_store(uri: str) -> None:
+    """Create a missing sqlite store whole: migrate the schema in a temporary file, then link
+    it into place. MLflow migrates a new store in many transactions; a process killed half-way
+    (a SIGKILLed ``track``) would leave a file that every later run fails on ("table ...
+    already exists"). Another process that created the store first wins; this one's is dropped."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
+        os.link(tmp, path)  # no-clobber, unlike a rename
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _local_path(location: str | None) -> Path | None:

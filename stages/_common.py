@@ -20,6 +20,11 @@ def run_stage(name: str, body: Callable[[argparse.Namespace], int], args: argpar
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # an output folder that cannot be created or written, a full disk
+        if e.filename is None:
+            raise
+        print(f"{name}: error: cannot write or read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
 
 
 # Help for the flags every stage has, so no stage's --help leaves them blank.

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         annotations, image_dir = Path(cfg.annotations), Path(cfg.image_dir)  # type: ignore[arg-type]
     try:
         s = run_ingest(annotations, image_dir, args.out, max_pixels=cfg.max_image_pixels,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, workers=cfg.ingest_workers)
     except AnnotationsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

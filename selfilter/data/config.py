@@ -74,6 +74,8 @@ class DataConfig(Section):
     annotations: str | None = None
     image_dir: str = "data/shapes"
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
+    # processes decoding images at ingest: LLaVA-665K's ~0.5M images are the cost of `prepare`
+    ingest_workers: int = Field(1, ge=1)
     shapes: ShapesConfig = ShapesConfig()
 
     @model_validator(mode="after")

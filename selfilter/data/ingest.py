@@ -34,11 +34,13 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from selfilter.data.config import DEFAULT_MAX_IMAGE_PIXELS
@@ -197,11 +199,14 @@ def check_image_file(path: Path, max_pixels: int) -> Problem | None:
     name = str(path)
     if path.stat().st_size == 0:
         return Problem("image_empty", f"{name} is empty (0 bytes)")
-    saved_limit = Image.MAX_IMAGE_PIXELS
+    saved_limit, saved_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         # Our limit, enforced twice: an explicit check on the header's size (before any decoding)
         # and PIL's own bomb guard, with its warning turned into an error.
         Image.MAX_IMAGE_PIXELS = max_pixels
+        # Libraries set this process-wide (lmms-eval's imports do): truncated files then decode
+        # silently, padded with grey. Ingest must see them as truncated whoever imported what.
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
@@ -221,22 +226,27 @@ def check_image_file(path: Path, max_pixels: int) -> Problem | None:
     except (SyntaxError, ValueError, TypeError, EOFError) as e:  # PIL raises these on corrupt headers
         return Problem("image_unreadable", f"{name}: {type(e).__name__}: {e}")
     finally:
-        Image.MAX_IMAGE_PIXELS = saved_limit
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved_limit, saved_truncated
     return None
+
+
+def check_record_static(record: Any, image_dir: Path) -> tuple[Path | None, Problem | None]:
+    """Every check but decoding the image: ``(image file still to decode, None)``, or
+    ``(None, problem)``, or ``(None, None)`` for a good text-only record."""
+    if not isinstance(record, dict):
+        return None, Problem("not_an_object", f"record is {type(record).__name__}, expected an object")
+    problem = check_conversations(record)
+    if problem or "image" not in record:
+        return None, problem  # text-only records are kept
+    return check_image_path(record["image"], image_dir)
 
 
 def check_record(record: Any, image_dir: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                  _cache: dict[Path, Problem | None] | None = None) -> Problem | None:
     """Every check on one record; ``None`` if it is kept."""
-    if not isinstance(record, dict):
-        return Problem("not_an_object", f"record is {type(record).__name__}, expected an object")
-    problem = check_conversations(record)
-    if problem or "image" not in record:
-        return problem  # text-only records are kept
-    path, problem = check_image_path(record["image"], image_dir)
-    if problem:
+    path, problem = check_record_static(record, image_dir)
+    if path is None:
         return problem
-    assert path is not None
     if _cache is not None and path in _cache:
         return _cache[path]
     problem = check_image_file(path, max_pixels)
@@ -245,15 +255,36 @@ def check_record(record: Any, image_dir: Path, max_pixels: int = DEFAULT_MAX_IMA
     return problem
 
 
+def check_image_files(paths: Sequence[Path], max_pixels: int, workers: int = 1,
+                      progress: bool = False) -> list[Problem | None]:
+    """:func:`check_image_file` of each path, in order; decoding (the cost of ingest) spread over
+    ``workers`` processes."""
+    check = partial(check_image_file, max_pixels=max_pixels)
+    bar = partial(tqdm, total=len(paths), desc="ingest: images", unit="img", disable=not progress,
+                  mininterval=1.0)
+    if workers <= 1 or len(paths) < 2 * _IMAGE_CHUNK:
+        return list(bar(map(check, paths)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(bar(pool.map(check, paths, chunksize=_IMAGE_CHUNK)))
+
+
+_IMAGE_CHUNK = 256  # images per task sent to a worker: amortises the pickling round trip
+
+
 def ingest_records(records: Sequence[Any], image_dir: str | Path, *,
-                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = True) -> IngestResult:
-    """Split ``records`` into kept (plus ``uid``) and rejected; kept + rejected = input."""
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = True,
+                   workers: int = 1) -> IngestResult:
+    """Split ``records`` into kept (plus ``uid``) and rejected; kept + rejected = input.
+    Each distinct image file is decoded once (real pools reuse images), in ``workers`` processes."""
     image_dir = Path(image_dir)
     result = IngestResult()
-    cache: dict[Path, Problem | None] = {}
-    for index, record in enumerate(tqdm(records, desc="ingest", unit="rec", disable=not progress,
-                                        mininterval=1.0)):
-        problem = check_record(record, image_dir, max_pixels, cache)
+    static = [check_record_static(r, image_dir) for r in tqdm(records, desc="ingest", unit="rec",
+                                                                disable=not progress, mininterval=1.0)]
+    paths = list(dict.fromkeys(path for path, _ in static if path is not None))
+    decoded = dict(zip(paths, check_image_files(paths, max_pixels, workers, progress)))
+    for index, (record, (path, problem)) in enumerate(zip(records, static)):
+        if path is not None:
+            problem = decoded[path]
         if problem is None:
             # uid last so that the original keys keep their order; an input 'uid' key is
             # overwritten because uid is the pipeline's identity.
@@ -266,13 +297,13 @@ def ingest_records(records: Sequence[Any], image_dir: str | Path, *,
 
 
 def run_ingest(annotations: str | Path, image_dir: str | Path, out: str | Path, *,
-               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = True) -> dict[str, Any]:
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = True, workers: int = 1) -> dict[str, Any]:
     """Read, validate, write ``OUT/{records.jsonl,rejected.jsonl,summary.json}``; return the summary."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise AnnotationsError(f"{image_dir}: image folder not found")
     records = read_annotations(annotations)
-    result = ingest_records(records, image_dir, max_pixels=max_pixels, progress=progress)
+    result = ingest_records(records, image_dir, max_pixels=max_pixels, progress=progress, workers=workers)
     out = Path(out)
     summary = {**result.summary(), "annotations": str(annotations), "image_dir": str(image_dir),
                "max_image_pixels": max_pixels}
@@ -293,13 +324,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (records.jsonl, rejected.jsonl, summary.json)")
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help=f"reject larger images as decompression bombs (default {DEFAULT_MAX_IMAGE_PIXELS})")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes decoding images (default: every core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         s = run_ingest(args.annotations, args.image_dir, args.out, max_pixels=args.max_image_pixels,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, workers=args.workers)
     except AnnotationsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -31,7 +31,9 @@ def _openai(cfg: JudgeConfig, cache_dir: str | Path | None = None, **kw: Any):
     return OpenAIJudge(base_url=o.base_url, model=o.model, api_key=api_key, cache=cache,
                        concurrency=o.concurrency, timeout_s=o.timeout_s, max_retries=o.max_retries,
                        backoff_s=o.backoff_s, max_backoff_s=o.max_backoff_s, temperature=o.temperature,
-                       max_tokens=o.max_tokens, **kw)
+                       max_tokens=o.max_tokens, max_failed_fraction=cfg.max_failed_fraction,
+                       key_source=f"the key in ${o.api_key_env}" if o.api_key_env else "the placeholder key",
+                       **kw)
 
 
 BACKENDS: dict[str, Callable[..., Any]] = {"annotation": _annotation, "openai": _openai}

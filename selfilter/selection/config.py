@@ -51,6 +51,13 @@ class SelectConfig(Section):
         return v
 
     @model_validator(mode="after")
+    def _some_method(self) -> "SelectConfig":
+        # An empty grid would make every later stage a silent no-op (finetune: "up to date").
+        if not self.methods and not self.field_methods:
+            raise ValueError("select.methods (and select.field_methods) are empty: name at least one method")
+        return self
+
+    @model_validator(mode="after")
     def _field_inputs_scored(self) -> "SelectConfig":
         # select_field reads both scoring stages' outputs, whichever field method it runs
         if self.field_methods and set(self.field_scorers) != {"ifd", "less"}:

@@ -68,7 +68,7 @@ def test_missing_key_and_failed_requests_are_one_line_errors(server, tmp_path, m
     server.script = [(400, {}, 0.0)]
     assert stage.main(args) == 1
     err = capsys.readouterr().err
-    assert "1 of 2 judge requests failed" in err and "Traceback" not in err
+    assert "1 of 2 prompts failed" in err and "Traceback" not in err
     assert not (tmp_path / "judge/ratings.parquet").exists()
 
 

@@ -46,7 +46,7 @@ from selfilter.config import parse_yaml
 # `name@item`, and `dvc repro name` runs every item). Groups dvc.yaml lacks are skipped;
 # groups it has that are not listed here run after these, in dvc.yaml order.
 STAGE_ORDER: tuple[str, ...] = (
-    "prepare", "base", "features", "judge", "stage1", "el2n", "score",
+    "generate", "prepare", "base", "features", "judge", "stage1", "el2n", "score",
     "select_params", "select", "select_field", "finetune", "evaluate", "compare", "track",
 )
 # Stages whose failures are usually transient (rate limits, a judge endpoint restarting):
@@ -420,6 +420,13 @@ def selfilter_pipeline(profile: str | None = None, overrides: dict[str, Any] | N
                     applied["profile"], applied["overrides"], applied["changed_keys"])
         create_markdown_artifact(key="selfilter-params", markdown=_params_markdown(applied),
                                  description="how params.yaml was composed for this run")
+
+    # Before any stage runs: what this data cannot feed, and how to make it run (selfilter.needs).
+    from selfilter.needs import line, planned_left_out
+
+    params_now = _read_yaml_mapping((root / PARAMS_FILE).read_text(encoding="utf-8"), str(root / PARAMS_FILE))
+    for name, why in planned_left_out(params_now).items():
+        logger.warning("%s", line(name, why))
 
     env0 = stage_env()
     groups = order_stage_groups(list_stages(root, env0))

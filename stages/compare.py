@@ -34,7 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evals", required=True, help="evals/: <method>/<run>/metrics.json")
     p.add_argument("--hidden", help="imperfections.jsonl hidden labels (shapes only)")
     p.add_argument("--records", help="records.jsonl (joins hidden labels by id -> uid)")
-    p.add_argument("--bench", help="benchmark jsonl folder (most-common-answer baselines)")
+    p.add_argument("--bench", help="benchmark jsonl folder (most-common-answer baselines); default: the shapes "
+                                   "benchmark when --source says the pool has it")
+    p.add_argument("--source", help="the pool's source.json: which side files and benchmark the data has")
     p.add_argument("--judge-usage", default="judge/usage.json", help="judge usage counts (cost table)")
     p.add_argument("--out", required=True, help="output folder, reports/")
 
@@ -46,10 +48,17 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_section("compare", CompareConfig, args.params)
     out = Path(args.out)
     plots = ["plots/score_vs_budget.png"]
+    hidden, bench = args.hidden, args.bench
+    if args.source:
+        from selfilter.data.source import read_source
+
+        info = read_source(args.source)
+        hidden = hidden if info.hidden_labels else None
+        bench = bench or (info.benchmark["dir"] if info.benchmark_kind == "shapes" else None)
     report = build_report(Path(args.selections), Path(args.runs), Path(args.evals), cfg,
-                          hidden=Path(args.hidden) if args.hidden else None,
+                          hidden=Path(hidden) if hidden else None,
                           records=Path(args.records) if args.records else None,
-                          bench=Path(args.bench) if args.bench else None,
+                          bench=Path(bench) if bench else None,
                           judge_usage=Path(args.judge_usage) if args.judge_usage else None)
     summary = report.summary
     budgets = sorted({b for g in summary["methods"].values() for b in g if float(b) < 1.0}, key=float)

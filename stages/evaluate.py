@@ -1,7 +1,7 @@
 """evaluate stage: every fine-tuned checkpoint of every method through lmms-eval.
 
-    python -m stages.evaluate --params params.yaml --runs runs --bench data/shapes/bench \
-        --out evals [--method NAME ...]
+    python -m stages.evaluate --params params.yaml --runs runs --pool data/pool \
+        --image-dir data/shapes --base models/base --out evals [--method NAME ...]
 
 Methods default to ``select.methods`` in the params. For each finished checkpoint
 ``RUNS/<method>/<run>/`` (e.g. ``b0.15_s0``; one with ``done.json``) writes
@@ -9,11 +9,17 @@ Methods default to ``select.methods`` in the params. For each finished checkpoin
 ``samples_<task>.jsonl`` (its per-sample log), ``lmms_eval.log`` (its warnings/errors) and
 ``metrics.json`` (``{"task/metric": value}``) with a ``.meta.json`` sidecar holding the digests
 of the checkpoint and of the evaluation settings; a rerun skips runs whose digests match (OUT is
-``persist: true`` in dvc.yaml). Then ``OUT/<method>/summary.json`` (every run's metrics).
-All checkpoints share ``evaluate.workers`` processes, each loading the tasks once.
-Tasks come from ``evaluate.tasks``; the shapes tasks (and lmms-eval's own ``pope``) read local
-parquet files built from ``--bench`` in a temporary folder; other task names (the GPU profile's
-``mme``, ``textvqa_val``, ...) load their datasets the way lmms-eval does.
+``persist: true`` in dvc.yaml). Then ``OUT/<method>/summary.json`` (every run's metrics),
+``OUT/_base/metrics.json`` (the base model before fine-tuning, on the same tasks: the reference
+that tells whether fine-tuning moves the benchmark at all) and ``OUT/benchmark.json`` (which
+benchmark, which tasks). All checkpoints share ``evaluate.workers`` processes.
+
+The benchmark is the pool's (``source.json``): with ``evaluate.tasks: auto`` the shapes tasks
+for the embedded data (local parquet files built from its ``bench/``), the held-out split's
+tasks (``selfilter_heldout_ll``: likelihood of the reference answer; ``selfilter_heldout_short``:
+exact match and token F1 on short answers) for yours. Other task names (the GPU profile's
+``mme``, ``textvqa_val``, ..., or your own task folder added to ``evaluate.include_path``) load
+their datasets the way lmms-eval does.
 A run that lmms-eval silently botched (swallowed generation errors, empty or missing outputs)
 fails the stage (selfilter.evaluation.guard).
 """
@@ -29,7 +35,8 @@ from pathlib import Path
 
 from selfilter import console
 from selfilter.config import ConfigError, load_section
-from selfilter.evaluation.config import EvaluateConfig
+from selfilter.data.source import HELDOUT_FILE, read_source
+from selfilter.evaluation.config import HELDOUT_TASKS, EvaluateConfig, resolve_tasks
 from selfilter.evaluation.guard import EvaluationError
 from selfilter.selection.config import compared_methods
 from selfilter.io import file_digest, read_json, sidecar_path, write_json, write_sidecar
@@ -41,24 +48,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", action="append", dest="methods",
                    help="method whose checkpoints to evaluate (repeatable; default: select.methods in the params)")
     p.add_argument("--runs", required=True, help="runs root: <method>/<run>/ checkpoint folders")
-    p.add_argument("--bench", required=True, help="data/shapes/bench: the embedded benchmarks")
+    p.add_argument("--pool", required=True, help="the prepare stage's pool folder (source.json says which benchmark)")
+    p.add_argument("--image-dir", required=True, help="folder the held-out records' image paths are relative to")
+    p.add_argument("--base", help="the base model (models/base): evaluated too, as the reference; its tokenizer "
+                                  "counts the held-out answers' tokens")
     p.add_argument("--out", required=True, help="output root: <method>/<run>/ per checkpoint")
 
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here so `--help` and argument errors stay instant.
-    from selfilter.evaluation.bench import build_bench_datasets
     from selfilter.evaluation.lmms import LmmsEvaluator
     from selfilter.evaluation.runner import Job, find_checkpoints, run_jobs
 
     cfg = load_section("evaluate", EvaluateConfig, args.params)
     methods = compared_methods(args.params, args.methods)
     out = Path(args.out)
-    settings_digest = _settings_digest(cfg, args.bench)
-    checkpoints = {m: find_checkpoints(Path(args.runs) / m) for m in methods}
+    info = read_source(args.pool)
+    tasks = resolve_tasks(cfg.tasks, info.benchmark_kind)
+    bench_files = _benchmark_files(info, args.pool)
+    settings_digest = _settings_digest(cfg, tasks, bench_files)
+    checkpoints = {m: find_checkpoints(Path(args.runs) / m) for m in methods if _has_runs(Path(args.runs) / m)}
     if out.is_dir():  # results of checkpoints or methods that no longer exist must not linger
         for d in out.iterdir():
-            if d.is_dir() and d.name not in checkpoints:
+            if d.is_dir() and d.name not in checkpoints and d.name != BASE_DIR:
                 shutil.rmtree(d)
         for m, ckpts in checkpoints.items():
             names = {c.name for c in ckpts}
@@ -66,26 +78,27 @@ def _run(args: argparse.Namespace) -> int:
                 if d.is_dir() and d.name not in names:
                     shutil.rmtree(d)
     jobs, digests, done = [], {}, {}
-    for m, ckpts in checkpoints.items():
-        for c in ckpts:
-            name, target = f"{m}/{c.name}", out / m / c.name
-            digests[name] = file_digest(c)
-            meta = sidecar_path(target / "metrics.json")
-            if meta.is_file():
-                prev = read_json(meta)
-                if prev.get("checkpoint_sha256") == digests[name] and prev.get("settings_sha256") == settings_digest:
-                    done[name] = read_json(target / "metrics.json")
-                    continue
-            if target.exists():
-                shutil.rmtree(target)
-            jobs.append(Job(name, c, target))
+    wanted = [(f"{m}/{c.name}", c, out / m / c.name) for m, ckpts in checkpoints.items() for c in ckpts]
+    if args.base:
+        wanted.append((BASE_DIR, Path(args.base), out / BASE_DIR))
+    for name, c, target in wanted:
+        digests[name] = file_digest(c)
+        meta = sidecar_path(target / "metrics.json")
+        if meta.is_file():
+            prev = read_json(meta)
+            if prev.get("checkpoint_sha256") == digests[name] and prev.get("settings_sha256") == settings_digest:
+                done[name] = read_json(target / "metrics.json")
+                continue
+        if target.exists():
+            shutil.rmtree(target)
+        jobs.append(Job(name, c, target, reference=name == BASE_DIR))
     t0 = time.perf_counter()
     metrics: dict = {}
     if jobs:
         with tempfile.TemporaryDirectory(prefix="selfilter-eval-") as tmp:
-            data_files = build_bench_datasets(args.bench, Path(tmp) / "bench", cfg.tasks)
+            data_files = _build_datasets(info, args, tasks, Path(tmp) / "bench")
             make_evaluator = functools.partial(
-                LmmsEvaluator, cfg.tasks, cfg.include_path, data_files=data_files, limit=cfg.limit,
+                LmmsEvaluator, tasks, cfg.include_path, data_files=data_files, limit=cfg.limit,
                 device=cfg.device, dtype=cfg.dtype, model=cfg.model, cache_dir=Path(tmp) / "hf_datasets")
             metrics = run_jobs(jobs, make_evaluator, workers=cfg.workers, torch_threads=cfg.torch_threads)
         for job in jobs:
@@ -97,14 +110,68 @@ def _run(args: argparse.Namespace) -> int:
     metrics.update(done)
     for m, ckpts in checkpoints.items():
         write_json(out / m / "summary.json", {
-            "method": m, "tasks": cfg.tasks, "bench_sha256": file_digest(args.bench),
+            "method": m, "tasks": tasks, "bench_sha256": settings_digest,
             "runs": {c.name: metrics[f"{m}/{c.name}"] for c in ckpts}})
+    write_json(out / "benchmark.json", _benchmark_description(info, tasks))
+    base_note = ""
+    if args.base and "error" in metrics.get(BASE_DIR, {}):
+        base_note = f"; the base model could not be scored: {metrics[BASE_DIR]['error'][:200]}"
     print(f"evaluate: {len(jobs)} checkpoint(s) evaluated, {len(done)} up to date, "
-          f"tasks {', '.join(cfg.tasks)}, {wall:.1f}s -> {out}")
+          f"tasks {', '.join(tasks)}, {wall:.1f}s -> {out}{base_note}")
     return 0
 
 
-def _settings_digest(cfg: EvaluateConfig, bench: str) -> str:
+BASE_DIR = "_base"  # OUT/_base: the base model's scores (a folder name no method can have)
+
+
+def _has_runs(method_dir: Path) -> bool:
+    """False for a method that was left out (its selections hold only left_out.json, so finetune
+    wrote no checkpoint): nothing to evaluate, and the report says why."""
+    return method_dir.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in method_dir.iterdir())
+
+
+def _benchmark_files(info, pool: str) -> list[Path]:
+    """The files the benchmark's content is in (their digests decide whether results are stale)."""
+    if info.benchmark_kind == "shapes":
+        return [Path(info.benchmark["dir"])]
+    if info.benchmark_kind == "heldout":
+        return [Path(pool) / HELDOUT_FILE]
+    return []
+
+
+def _build_datasets(info, args: argparse.Namespace, tasks: list[str], tmp: Path) -> dict:
+    from selfilter.evaluation.bench import build_bench_datasets
+
+    if info.benchmark_kind == "shapes":
+        return build_bench_datasets(info.benchmark["dir"], tmp, tasks)
+    if info.benchmark_kind == "heldout" and any(t in HELDOUT_TASKS for t in tasks):
+        from selfilter.evaluation.heldout import build_heldout_datasets
+
+        if not args.base:
+            raise ValueError("the held-out tasks count answer tokens with the base model's tokenizer: pass --base")
+        return build_heldout_datasets(Path(args.pool) / HELDOUT_FILE, args.image_dir, tmp,
+                                      [t for t in tasks if t in HELDOUT_TASKS], args.base)
+    return {}
+
+
+def _benchmark_description(info, tasks: list[str]) -> dict:
+    kind = info.benchmark_kind
+    if kind == "shapes":
+        text = "the embedded shapes benchmark (held-out scenes the generator never put in the pool)"
+    elif kind == "heldout":
+        b = info.benchmark
+        text = (f"held-out split of your own data: {b.get('records_n')} records on {b.get('images')} pictures "
+                f"(seed {b.get('seed')}), never selectable")
+    else:
+        text = "the lmms-eval tasks named in evaluate.tasks"
+    own = [t for t in tasks if not (kind == "shapes" and t.startswith("shapes_")) and t not in HELDOUT_TASKS]
+    name = kind if kind != "none" else "lmms-eval"
+    if own and kind != "none":
+        text += f"; plus lmms-eval tasks {', '.join(own)}"
+    return {"name": name, "tasks": tasks, "description": text}
+
+
+def _settings_digest(cfg: EvaluateConfig, tasks: list[str], bench_files: list[Path]) -> str:
     """What an evaluation's result depends on besides the checkpoint (not workers/threads)."""
     import hashlib
     import json
@@ -112,8 +179,10 @@ def _settings_digest(cfg: EvaluateConfig, bench: str) -> str:
     keep = cfg.model_dump(mode="json")
     for k in ("workers", "torch_threads"):
         keep.pop(k, None)
-    blob = json.dumps({"evaluate": keep, "bench": file_digest(bench),
-                       "tasks": file_digest(cfg.include_path) if Path(cfg.include_path).exists() else None},
+    keep["tasks"] = tasks
+    include = [cfg.include_path] if isinstance(cfg.include_path, str) else cfg.include_path
+    blob = json.dumps({"evaluate": keep, "bench": [file_digest(f) for f in bench_files],
+                       "tasks": [file_digest(p) if Path(p).exists() else None for p in include]},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

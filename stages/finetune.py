@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfilter import console
+from selfilter import console, needs
 from selfilter.config import ConfigError, load_section
 from selfilter.selection.config import compared_methods
 from selfilter.training.config import FinetuneConfig
@@ -71,6 +71,12 @@ def _plan(args, cfg, methods, out: Path) -> list[_Job]:
     base_digest = file_digest(args.model) if Path(args.model).exists() else str(args.model)
     jobs: list[_Job] = []
     for method in methods:
+        why = needs.read_left_out(Path(args.selections) / method)
+        if why:  # nothing to train: the select stage left the method out, and said why
+            log.info("%s", needs.line(method, why))
+            if (out / method).is_dir():
+                shutil.rmtree(out / method)
+            continue
         specs = discover_subsets(Path(args.selections) / method)
         method_out = out / method
         if method_out.is_dir():  # run folders of subsets that are gone (budgets/seeds changed)

@@ -4,7 +4,7 @@
         [--features features/clip.npy] [--stage1 stage1] [--judge judge/ratings.parquet] \
         [--el2n el2n/scores.parquet] [--clip-scores features/scores.parquet] [--ifd ifd/scores.parquet] \
         [--activations ifd/activations.npy] [--less less/scores.parquet] \
-        [--hidden data/shapes/imperfections.jsonl] --out selections/NAME
+        [--hidden data/pool/hidden.jsonl] [--source data/pool/source.json] --out selections/NAME
 
 Reads only the inputs the method declares (the registry enforces it; only the ``oracle_clean``
 control reads the hidden labels). Writes, per budget fraction and seed, OUT/b{budget}_s{seed}/:
@@ -17,6 +17,8 @@ read from that stage's metrics.json, so model-pass methods show their whole cost
 Deterministic methods (Self-Filter variants, full) are computed once per budget and written for
 every seed (``meta.json``: ``"deterministic": true``), so downstream stages see a full grid.
 ``full`` runs only at budget 1.0 whatever ``select.budgets`` says.
+A method that reads what this data lacks (judge ratings without a judge that can rate it, hidden
+labels) is left out: OUT holds only ``left_out.json`` with the reason (selfilter.needs).
 """
 from __future__ import annotations
 
@@ -30,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from selfilter import console
+from selfilter import console, needs
 from selfilter.config import ConfigError, load_section
 from selfilter.data.records import load_records
+from selfilter.data.source import read_source
 from selfilter.io import file_digest, read_jsonl, write_json, write_parquet
 from selfilter.selection import registry as reg
 from selfilter.selection.config import SelectConfig, budget_count, subset_dirname
@@ -58,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ifd", help="ifd scores.parquet (ifd)")
     p.add_argument("--activations", help="ifd activations.npy [N, L*H] (coincide)")
     p.add_argument("--less", help="less scores.parquet (less)")
-    p.add_argument("--hidden", help="imperfections.jsonl hidden labels (oracle_clean control only)")
+    p.add_argument("--hidden", help="hidden imperfection labels, {id, kind} per line (oracle_clean control only)")
+    p.add_argument("--source", help="the pool's source.json: which side files the data has (selfilter.needs)")
     p.add_argument("--method-params", dest="method_params",
                    help="select_params/<method>.json of the select_params stage: checked against params")
     p.add_argument("--out", required=True, help="output folder, selections/<method>")
@@ -160,6 +164,14 @@ def scoring_cost(args: argparse.Namespace, method: reg.Method) -> dict | None:
     return {**total, "sources": parts} if parts else None
 
 
+def left_out_reason(args: argparse.Namespace, method: reg.Method) -> str | None:
+    """Why ``method`` cannot run on this data (selfilter.needs), or None."""
+    has_hidden = read_source(args.source).hidden_labels if args.source else bool(args.hidden)
+    stage1 = {s: needs.read_left_out(Path(args.stage1) / s) for s in ("scores", "clip")} if args.stage1 else {}
+    return needs.method_missing(method.needs, judge_reason=needs.judge_left_out(args.judge),
+                                has_hidden=has_hidden, stage1_reasons=stage1)
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg = load_section("select", SelectConfig, args.params)
     method = reg.get_method(args.method)
@@ -174,8 +186,16 @@ def _run(args: argparse.Namespace) -> int:
         if written != json.loads(json.dumps(params)):
             raise ValueError(f"{args.method_params} does not match {args.params} (select section); "
                              "rerun the select_params stage (dvc repro)")
-    scoring = scoring_cost(args, method)
     out = Path(args.out)
+    why = left_out_reason(args, method)
+    if why:
+        for old in out.glob("b*_s*") if out.is_dir() else ():
+            shutil.rmtree(old)
+        needs.write_left_out(out, method.name, why)
+        print(needs.line(method.name, why))
+        return 0
+    (out / needs.LEFT_OUT_FILE).unlink(missing_ok=True)
+    scoring = scoring_cost(args, method)
     budgets = method.budgets or tuple(cfg.budgets)
     wanted = {subset_dirname(b, s) for b in budgets for s in cfg.seeds}
     if out.is_dir():  # outputs of a previous grid must not linger next to this one

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from selfilter.config import load_section
 from selfilter.training.config import Stage1Config
+from selfilter import needs
 from stages._common import StageParser, run_stage
 
 log = logging.getLogger("stage1")
@@ -57,6 +58,11 @@ def _run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     out = Path(args.out)
+    why = needs.stage1_missing(args.setting, needs.judge_left_out(args.judge))
+    if why:
+        needs.write_left_out(out, f"stage1@{args.setting}", why)
+        print(needs.line(f"stage1@{args.setting}", why))
+        return 0
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else _default_checkpoint_dir(out)
     accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
     records = load_records(args.records)

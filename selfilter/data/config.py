@@ -1,12 +1,17 @@
 """The ``data`` section of params.yaml: where the pool comes from, the shapes generator, ingest.
 
-``source: shapes`` generates the embedded dataset (``selfilter.data.shapes``) and ingests it;
-``source: llava`` ingests ``annotations`` (LLaVA-format JSON/JSONL) with images under
-``image_dir``. ``image_dir`` is also what later stages (features, training) resolve record image
-paths against, so with ``source: shapes`` it must be the shapes folder (``data/shapes``).
+Every source goes through the same stages. ``generate`` runs the embedded generator when
+``source: shapes`` (it writes ``data/shapes``: a LLaVA-format ``train.json``, its images, scene
+annotations, hidden imperfection labels and the shapes benchmark) and writes only a marker
+otherwise. ``prepare`` then ingests ``annotations`` with images under ``image_dir`` - the
+generator's files or yours - and writes the pool: the selectable records, the held-out benchmark
+records (``heldout``) and ``source.json``, which says what the data has (scene annotations,
+hidden labels, which benchmark). ``image_dir`` is also what later stages resolve record image
+paths against.
 """
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -69,17 +74,69 @@ class ShapesConfig(Section):
     bench: BenchSizes = BenchSizes()
 
 
+class HeldOutSplit(Section):
+    """The benchmark of a dataset without one: a seeded split of its own records, never selectable.
+
+    Whole pictures are held out (every record of a held-out image leaves the pool), so no
+    benchmark picture is ever trained on. Text-only records always stay in the pool.
+    """
+
+    fraction: float = Field(0.1, ge=0, lt=1)    # of the distinct images
+    max_images: int = Field(500, ge=0)          # cap: a 665K pool needs a few hundred, not 60K
+    min_images: int = Field(8, ge=0)            # fewer than this: refuse (a benchmark of 3 pictures measures nothing)
+    seed: int = 0
+
+
+GENERATED_DIR = "data/shapes"  # where `generate` writes the embedded dataset (dvc.yaml's out)
+
+
 class DataConfig(Section):
     source: Literal["shapes", "llava"] = "shapes"
-    annotations: str | None = None
+    annotations: str | None = None   # llava: your LLaVA-format file (shapes: data/shapes/train.json)
     image_dir: str = "data/shapes"
+    # Optional side files of your own data (the shapes generator writes its own): scene
+    # annotations ({"image", "objects"} per line) for the offline annotation judge, and hidden
+    # imperfection labels ({"id", "kind"}; kind "clean" or a defect) for the oracle_clean control
+    # and the report's known-imperfect columns. null: the data has none, and what needs them is
+    # left out with one line saying so.
+    scenes: str | None = None
+    hidden_labels: str | None = None
+    # The benchmark: auto = the shapes benchmark for source shapes, a held-out split of your own
+    # records for source llava; heldout / none force one (none: only evaluate.tasks you name,
+    # e.g. lmms-eval's standard tasks).
+    benchmark: Literal["auto", "heldout", "none"] = "auto"
+    heldout: HeldOutSplit = HeldOutSplit()
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     # processes decoding images at ingest: LLaVA-665K's ~0.5M images are the cost of `prepare`
     ingest_workers: int = Field(1, ge=1)
     shapes: ShapesConfig = ShapesConfig()
 
     @model_validator(mode="after")
-    def _llava_needs_annotations(self) -> DataConfig:
-        if self.source == "llava" and not self.annotations:
-            raise ValueError("source 'llava' needs 'annotations' (path of the LLaVA-format JSON/JSONL)")
+    def _source_paths(self) -> DataConfig:
+        generated = f"{GENERATED_DIR}/train.json"
+        if self.source == "llava":
+            if not self.annotations:
+                raise ValueError("source 'llava' needs 'annotations' (path of the LLaVA-format JSON/JSONL)")
+            if _norm(self.annotations).startswith(GENERATED_DIR + "/"):
+                raise ValueError(f"source 'llava' but annotations is {self.annotations!r}, inside the shapes "
+                                 f"generator's folder; set data.annotations to your LLaVA-format file and "
+                                 f"data.image_dir to its image folder")
+        else:
+            if self.annotations is not None and _norm(self.annotations) != generated:
+                raise ValueError(f"source 'shapes' reads the generator's {generated}, but annotations is "
+                                 f"{self.annotations!r}; for your own file set data.source: llava")
+            if _norm(self.image_dir) != GENERATED_DIR:
+                raise ValueError(f"source 'shapes' generates its images into {GENERATED_DIR!r}, but image_dir is "
+                                 f"{self.image_dir!r}; set data.image_dir: {GENERATED_DIR}")
+            for key in ("scenes", "hidden_labels"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"source 'shapes' writes its own {key}; set data.{key}: null")
         return self
+
+    @property
+    def annotations_path(self) -> str:
+        return self.annotations or f"{GENERATED_DIR}/train.json"
+
+
+def _norm(path: str) -> str:
+    return str(PurePosixPath(path.replace("\\", "/"))).removeprefix("./")

@@ -59,6 +59,7 @@ REASONS: dict[str, str] = {
     "unknown_role": "a turn's 'from' is not 'human' or 'gpt'",
     "value_not_string": "a turn's 'value' is not a string",
     "no_answer_turn": "no 'gpt' turn: nothing to supervise",
+    "answer_empty": "a 'gpt' turn is empty or whitespace only: it would teach the model to say nothing",
     "image_placeholder_multiple": "more than one <image> placeholder in the record",
     "image_path_invalid": "'image' is not a non-empty path string",
     "image_path_absolute": "'image' is an absolute path",
@@ -99,7 +100,18 @@ class IngestResult:
             "rejected": len(self.rejected),
             "kept_text_only": sum(1 for r in self.kept if "image" not in r),
             "by_reason": dict(sorted(by_reason.items())),
+            "duplicate_ids": duplicate_ids(self.kept),
         }
+
+
+def duplicate_ids(records: Sequence[dict[str, Any]], examples: int = 5) -> dict[str, Any]:
+    """Kept records that share an ``id`` with another kept record. They are kept - LLaVA-665K
+    repeats ids, and ``uid`` is the pipeline's identity - but reported, because an id-keyed side
+    file (hidden labels) cannot tell them apart."""
+    counts = Counter(r.get("id") for r in records if r.get("id") is not None)
+    repeated = {i: c for i, c in counts.items() if c > 1}
+    return {"ids": len(repeated), "records": sum(repeated.values()),
+            "examples": [str(i) for i in list(repeated)[:examples]]}
 
 
 # --------------------------------------------------------------------------- reading
@@ -166,6 +178,9 @@ def check_conversations(record: dict[str, Any]) -> Problem | None:
         placeholders += turn["value"].count(IMAGE_PLACEHOLDER)
     if not any(turn["from"] == "gpt" for turn in conv):
         return Problem("no_answer_turn", "no 'gpt' turn")
+    for t, turn in enumerate(conv):
+        if turn["from"] == "gpt" and not turn["value"].strip():
+            return Problem("answer_empty", f"turn {t} (gpt) is {turn['value']!r}: empty or whitespace only")
     if placeholders > 1:
         return Problem("image_placeholder_multiple", f"{placeholders} '<image>' placeholders, at most one allowed")
     return None

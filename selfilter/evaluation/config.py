@@ -1,16 +1,25 @@
-"""params.yaml section ``evaluate``: which lmms-eval tasks, on what, how parallel."""
+"""params.yaml section ``evaluate``: which lmms-eval tasks, on what, how parallel.
+
+``tasks: auto`` evaluates on the data's own benchmark (``source.json``): the shapes tasks for the
+embedded data, the held-out split's tasks for yours. A list names lmms-eval tasks: this
+project's (``evaluation/tasks``), your own task folder's (``include_path``), or lmms-eval's
+standard ones by name (the GPU profiles).
+"""
 from __future__ import annotations
 
 from pydantic import Field, field_validator
 
 from selfilter.config import Section
 
-SHAPES_DEFAULT_TASKS = ["shapes_vqa", "shapes_pope", "shapes_count", "shapes_desc"]
+from typing import Literal
+
+SHAPES_DEFAULT_TASKS = ["shapes_count", "shapes_desc", "shapes_vqa", "shapes_pope", "shapes_binding"]
+HELDOUT_TASKS = ["selfilter_heldout_ll", "selfilter_heldout_short"]
 
 
 class EvaluateConfig(Section):
-    tasks: list[str] = Field(default_factory=lambda: list(SHAPES_DEFAULT_TASKS))
-    include_path: str = "evaluation/tasks"     # folder of custom lmms-eval task YAMLs
+    tasks: Literal["auto"] | list[str] = "auto"
+    include_path: str | list[str] = "evaluation/tasks"  # folder(s) of custom lmms-eval task YAMLs (add yours)
     limit: int | None = Field(None, ge=1)      # at most this many documents per task (null = all)
     model: str = "llava_hf"                    # an lmms-eval registered model name
     device: str = "cpu"                        # cpu | cuda | cuda:N
@@ -20,9 +29,23 @@ class EvaluateConfig(Section):
 
     @field_validator("tasks")
     @classmethod
-    def _non_empty(cls, v: list[str]) -> list[str]:
+    def _non_empty(cls, v):
+        if v == "auto":
+            return v
         if not v:
             raise ValueError("at least one lmms-eval task is needed")
         if len(set(v)) != len(v):
             raise ValueError("a task is listed twice")
         return v
+
+
+def resolve_tasks(tasks: str | list[str], benchmark_kind: str) -> list[str]:
+    """``tasks`` with ``auto`` replaced by the benchmark's tasks (a clear error when there is none)."""
+    if tasks != "auto":
+        return list(tasks)
+    if benchmark_kind == "shapes":
+        return list(SHAPES_DEFAULT_TASKS)
+    if benchmark_kind == "heldout":
+        return list(HELDOUT_TASKS)
+    raise ValueError("evaluate.tasks is auto, but the data has no benchmark (data.benchmark: none): name the "
+                     "lmms-eval tasks in evaluate.tasks, or set data.benchmark: heldout")

@@ -26,6 +26,10 @@ class Job:
     name: str            # run name, e.g. b0.15_s0 (the checkpoint folder's name)
     checkpoint: Path
     output_dir: Path
+    # The base model (a reference point, not a compared run): a run the guard rejects - e.g. a
+    # base that answers end-of-sequence first, "all predictions empty" - is recorded as
+    # {"error": why} instead of failing the stage.
+    reference: bool = False
 
 
 def find_checkpoints(runs_dir: str | os.PathLike) -> list[Path]:
@@ -54,8 +58,15 @@ def _init_worker(make_evaluator: Callable[[], Any], torch_threads: int) -> None:
     gc.freeze()
 
 
-def _run_job(job: Job) -> tuple[str, dict[str, float]]:
-    return job.name, _EVALUATOR.evaluate(job.checkpoint, job.output_dir)
+def _run_job(job: Job) -> tuple[str, dict]:
+    from selfilter.evaluation.guard import EvaluationError
+
+    try:
+        return job.name, _EVALUATOR.evaluate(job.checkpoint, job.output_dir)
+    except EvaluationError as e:
+        if not job.reference:
+            raise
+        return job.name, {"error": str(e)}
 
 
 def run_jobs(jobs: Sequence[Job], make_evaluator: Callable[[], Any], workers: int = 1,

@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
+        cfg.check_generated(args.generated)
+    except ValueError as e:
+        print(f"error: {args.params}: {e}", file=sys.stderr)
+        return 2
+    try:
         s = build_pool(cfg, args.generated, args.out, progress=not args.no_progress)
     except (AnnotationsError, SplitError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ paths against.
 """
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -87,9 +87,6 @@ class HeldOutSplit(Section):
     seed: int = 0
 
 
-GENERATED_DIR = "data/shapes"  # where `generate` writes the embedded dataset (dvc.yaml's out)
-
-
 class DataConfig(Section):
     source: Literal["shapes", "llava"] = "shapes"
     annotations: str | None = None   # llava: your LLaVA-format file (shapes: data/shapes/train.json)
@@ -113,21 +110,9 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _source_paths(self) -> DataConfig:
-        generated = f"{GENERATED_DIR}/train.json"
-        if self.source == "llava":
-            if not self.annotations:
-                raise ValueError("source 'llava' needs 'annotations' (path of the LLaVA-format JSON/JSONL)")
-            if _norm(self.annotations).startswith(GENERATED_DIR + "/"):
-                raise ValueError(f"source 'llava' but annotations is {self.annotations!r}, inside the shapes "
-                                 f"generator's folder; set data.annotations to your LLaVA-format file and "
-                                 f"data.image_dir to its image folder")
-        else:
-            if self.annotations is not None and _norm(self.annotations) != generated:
-                raise ValueError(f"source 'shapes' reads the generator's {generated}, but annotations is "
-                                 f"{self.annotations!r}; for your own file set data.source: llava")
-            if _norm(self.image_dir) != GENERATED_DIR:
-                raise ValueError(f"source 'shapes' generates its images into {GENERATED_DIR!r}, but image_dir is "
-                                 f"{self.image_dir!r}; set data.image_dir: {GENERATED_DIR}")
+        if self.source == "llava" and not self.annotations:
+            raise ValueError("source 'llava' needs 'annotations' (path of the LLaVA-format JSON/JSONL)")
+        if self.source == "shapes":
             for key in ("scenes", "hidden_labels"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"source 'shapes' writes its own {key}; set data.{key}: null")
@@ -135,8 +120,21 @@ class DataConfig(Section):
 
     @property
     def annotations_path(self) -> str:
-        return self.annotations or f"{GENERATED_DIR}/train.json"
+        return self.annotations or f"{self.image_dir}/train.json"
 
-
-def _norm(path: str) -> str:
-    return str(PurePosixPath(path.replace("\\", "/"))).removeprefix("./")
+    def check_generated(self, generated: str | Path) -> None:
+        """The paths must agree with where ``generate`` writes (``generated``): the shapes source
+        reads the generator's files, and your data must not point into them."""
+        gen = Path(generated).resolve()
+        ann = Path(self.annotations_path).resolve()
+        if self.source == "shapes":
+            if Path(self.image_dir).resolve() != gen:
+                raise ValueError(f"data.image_dir is {self.image_dir!r} but the shapes dataset is generated to "
+                                 f"{str(generated)!r}; set data.image_dir: {generated}")
+            if ann != gen / "train.json":
+                raise ValueError(f"source 'shapes' ingests the generator's {generated}/train.json, but "
+                                 f"data.annotations is {self.annotations!r}; for your own file set data.source: llava")
+        elif ann.is_relative_to(gen):
+            raise ValueError(f"source 'llava' but data.annotations is {self.annotations!r}, inside the shapes "
+                             f"generator's folder; set data.annotations to your LLaVA-format file and "
+                             f"data.image_dir to its image folder")

@@ -51,7 +51,7 @@ def write_source(pool_dir: str | Path, info: SourceInfo) -> Path:
 def read_source(path: str | Path) -> SourceInfo:
     """``source.json`` (or the pool folder holding it)."""
     path = Path(path)
-    if path.is_dir():
+    if path.name != SOURCE_FILE:  # the pool folder
         path = path / SOURCE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run the prepare stage: dvc repro prepare)")

@@ -78,6 +78,9 @@ def reason_of(record, image_dir, **kw) -> str | None:
     (rec(conversations=[{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": 3}]), "value_not_string"),
     (rec(conversations=[{"from": "human", "value": None}, {"from": "gpt", "value": "x"}]), "value_not_string"),
     (rec(conversations=[{"from": "human", "value": "<image>\nhi"}]), "no_answer_turn"),
+    (rec(conversations=[{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": ""}]), "answer_empty"),
+    (rec(conversations=[{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "a"},
+                        {"from": "human", "value": "and?"}, {"from": "gpt", "value": " \n\t "}]), "answer_empty"),
     (rec(conversations=[{"from": "human", "value": "<image>\n<image>\nhi"}, {"from": "gpt", "value": "x"}]),
      "image_placeholder_multiple"),
     (rec(image=""), "image_path_invalid"),
@@ -152,7 +155,7 @@ def test_decompression_bomb_by_header(image_dir):
     rec(conversations=[{"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "a square"}]),
     rec(conversations=[{"from": "gpt", "value": "Hello."}, {"from": "human", "value": "<image>\nq"},
                        {"from": "gpt", "value": "a"}]),
-    rec(conversations=[{"from": "human", "value": ""}, {"from": "gpt", "value": ""}]),  # empty strings are strings
+    rec(conversations=[{"from": "human", "value": ""}, {"from": "gpt", "value": "a"}]),  # an empty question is kept
 ])
 def test_keeps(record, image_dir):
     res = ingest_records([record], image_dir, progress=False)
@@ -171,6 +174,13 @@ def test_kept_images_load_as_rgb(image_dir):
 def test_duplicate_ids_are_kept_with_distinct_uids(image_dir):
     res = ingest_records([rec(id="dup"), rec(id="dup"), rec(id="dup")], image_dir, progress=False)
     assert [r["uid"] for r in res.kept] == [0, 1, 2]
+
+
+def test_duplicate_ids_are_reported(image_dir):
+    records = [rec(id="a"), rec(id="b"), rec(id="a"), rec(id="c"), rec(id="c"), rec(id="c"), rec(id="d")]
+    dup = ingest_records(records, image_dir, progress=False).summary()["duplicate_ids"]
+    assert dup == {"ids": 2, "records": 5, "examples": ["a", "c"]}
+    assert ingest_records([rec(id="x")], image_dir, progress=False).summary()["duplicate_ids"]["ids"] == 0
 
 
 def test_round_trip_and_accounting(tmp_path, image_dir):

@@ -335,13 +335,15 @@ def _cfg(**shapes):
 def test_cli_and_prepare_stage(tmp_path, capsys):
     import yaml
 
+    from stages.generate import main as generate_main
     from stages.prepare import main as prepare_main
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": {"image_dir": str(tmp_path / "shapes"), "shapes": {
         "pool_size": 50, "bench": {"vqa": 8, "pope_per_split": 4, "count": 6, "desc": 2}}}}))
     assert cli_main(["shapes", "--out", str(tmp_path / "s2"), "--params", str(params), "--no-progress"]) == 0
-    assert prepare_main(["--params", str(params), "--shapes-dir", str(tmp_path / "shapes"),
+    assert generate_main(["--params", str(params), "--out", str(tmp_path / "shapes"), "--no-progress"]) == 0
+    assert prepare_main(["--params", str(params), "--generated", str(tmp_path / "shapes"),
                          "--out", str(tmp_path / "pool"), "--no-progress"]) == 0
     assert (tmp_path / "shapes" / "train.json").read_bytes() == (tmp_path / "s2" / "train.json").read_bytes()
     summary = json.loads((tmp_path / "pool" / "summary.json").read_text())
@@ -357,6 +359,7 @@ def test_cli_and_prepare_stage(tmp_path, capsys):
 def test_prepare_llava_source_and_image_dir_mismatch(tmp_path, capsys):
     import yaml
 
+    from stages.generate import main as generate_main
     from stages.prepare import main as prepare_main
 
     imgs = tmp_path / "imgs"
@@ -367,12 +370,15 @@ def test_prepare_llava_source_and_image_dir_mismatch(tmp_path, capsys):
     ann.write_text(json.dumps([{"id": "1", "image": "a.png", "conversations": conv},
                                {"id": "2", "image": "b.png", "conversations": conv}]))
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"source": "llava", "annotations": str(ann), "image_dir": str(imgs)}}))
-    args = ["--params", str(params), "--shapes-dir", str(tmp_path / "shapes"), "--out", str(tmp_path / "pool"),
+    params.write_text(yaml.safe_dump({"data": {"source": "llava", "annotations": str(ann), "image_dir": str(imgs),
+                                               "benchmark": "none"}}))
+    assert generate_main(["--params", str(params), "--out", str(tmp_path / "shapes"), "--no-progress"]) == 0
+    args = ["--params", str(params), "--generated", str(tmp_path / "shapes"), "--out", str(tmp_path / "pool"),
             "--no-progress"]
     assert prepare_main(args) == 0
     assert json.loads((tmp_path / "pool" / "summary.json").read_text())["by_reason"] == {"image_missing": 1}
-    assert (tmp_path / "shapes").is_dir()  # the declared output exists (empty)
+    # the declared output exists, and says why nothing was generated
+    assert json.loads((tmp_path / "shapes" / "not_generated.json").read_text())["generated"] is False
     params.write_text(yaml.safe_dump({"data": {"image_dir": "elsewhere", "shapes": {"pool_size": 5}}}))
     capsys.readouterr()
     assert prepare_main(args) == 2

@@ -4,7 +4,16 @@ import shutil
 
 import pytest
 
+from selfilter.data.source import SourceInfo, write_source
 from selfilter.evaluation.runner import Job, find_checkpoints, run_jobs
+
+
+def _shapes_pool(tmp_path, bench_dir):
+    """A pool folder whose source.json points at the shapes benchmark (what prepare writes)."""
+    pool = tmp_path / "pool"
+    write_source(pool, SourceInfo("shapes", "train.json", str(bench_dir.parent), True, True,
+                                  {"kind": "shapes", "dir": str(bench_dir)}))
+    return ["--pool", str(pool), "--image-dir", str(bench_dir.parent)]
 
 
 class EchoEvaluator:
@@ -45,7 +54,7 @@ def test_evaluate_stage(bench_dir, tiny_llava_dir, tmp_path):
     params.write_text("evaluate:\n  tasks: [shapes_vqa, shapes_count]\n  limit: 2\n  workers: 1\n")
     out = tmp_path / "evals" / "random"
     args = ["--params", str(params), "--method", "random", "--runs", str(tmp_path / "runs"),
-            "--bench", str(bench_dir), "--out", str(tmp_path / "evals")]
+            *_shapes_pool(tmp_path, bench_dir), "--out", str(tmp_path / "evals")]
     assert main(args) == 0
     m = json.loads((out / "b0.15_s0" / "metrics.json").read_text())
     assert set(m) >= {"shapes_vqa/exact_match", "shapes_count/exact_match"}
@@ -69,7 +78,7 @@ def test_same_checkpoint_scores_bit_for_bit(bench_dir, tiny_llava_dir, tmp_path)
     metrics = []
     for out in ("evals1", "evals2"):
         assert main(["--params", str(params), "--method", "random", "--runs", str(tmp_path / "runs"),
-                     "--bench", str(bench_dir), "--out", str(tmp_path / out)]) == 0
+                     *_shapes_pool(tmp_path, bench_dir), "--out", str(tmp_path / out)]) == 0
         metrics.append([(tmp_path / out / "random" / n / "metrics.json").read_bytes() for n in ("b0.15_s0", "b0.15_s1")])
     assert metrics[0] == metrics[1] and metrics[0][0] == metrics[0][1]
 
@@ -80,6 +89,32 @@ def test_evaluate_stage_user_errors_are_one_line(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  tasks: []\n")
     assert main(["--params", str(params), "--method", "m", "--runs", str(tmp_path),
-                 "--bench", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+                 "--pool", str(tmp_path), "--image-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "evaluate.tasks" in err and "Traceback" not in err
+
+
+def test_evaluate_stage_without_a_source_manifest_is_one_line(tmp_path, capsys):
+    from stages.evaluate import main
+
+    (tmp_path / "params.yaml").write_text("evaluate:\n  tasks: auto\n")
+    assert main(["--params", str(tmp_path / "params.yaml"), "--method", "m", "--runs", str(tmp_path),
+                 "--pool", str(tmp_path / "pool"), "--image-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "source.json" in err and "prepare" in err and "Traceback" not in err
+
+
+class FailingEvaluator:
+    def evaluate(self, checkpoint, output_dir):
+        from selfilter.evaluation.guard import EvaluationError
+
+        raise EvaluationError(f"{checkpoint}: all 3 predictions are empty")
+
+
+def test_a_reference_job_records_the_guard_error_and_a_run_job_fails(tmp_path):
+    from selfilter.evaluation.guard import EvaluationError
+
+    out = run_jobs([Job("_base", tmp_path / "base", tmp_path / "o", reference=True)], FailingEvaluator)
+    assert "all 3 predictions are empty" in out["_base"]["error"]
+    with pytest.raises(EvaluationError):
+        run_jobs([Job("m/b0.15_s0", tmp_path / "ck", tmp_path / "o2")], FailingEvaluator)

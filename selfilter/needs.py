@@ -30,14 +30,14 @@ def judge_missing(backend: str, has_scenes: bool) -> str | None:
     records alone; the offline backends rate against scene annotations."""
     if backend == "openai" or has_scenes:
         return None
-    return (f"judge.backend is {backend!r}, which rates records against scene annotations, and the data has "
-            f"none (data.scenes is null); set judge.backend: openai and judge.openai.base_url (any "
+    return (f"the {backend} judge rates records against scene annotations and this data has none "
+            f"(data.scenes: null); set judge.backend: openai and judge.openai.base_url (any "
             f"OpenAI-compatible endpoint), or give data.scenes")
 
 
 def stage1_missing(setting: str, judge_reason: str | None) -> str | None:
     if STAGE1_READS_JUDGE.get(setting) and judge_reason:
-        return f"the {setting} setting's score net reads judge ratings, and there are none: {judge_reason}"
+        return f"its score net reads judge ratings: {judge_reason}"
     return None
 
 
@@ -48,13 +48,13 @@ def method_missing(needs: Iterable[str], *, judge_reason: str | None, has_hidden
 
     for need in needs:
         if need == reg.JUDGE and judge_reason:
-            return f"it reads judge ratings, and there are none: {judge_reason}"
+            return f"it reads judge ratings: {judge_reason}"
         if need == reg.CLEAN and not has_hidden:
-            return ("it reads hidden imperfection labels, which the data does not have (data.hidden_labels is "
-                    "null); give data.hidden_labels ({\"id\", \"kind\"} per line)")
+            return ("it reads hidden imperfection labels and this data has none (data.hidden_labels: null); "
+                    "give data.hidden_labels ({\"id\", \"kind\"} per line)")
         setting = {reg.DIFFICULTY_SCORES: "scores", reg.DIFFICULTY_CLIP: "clip"}.get(need)
         if setting and stage1_reasons.get(setting):
-            return f"it reads stage 1's {setting} difficulty, and stage 1 left it out: {stage1_reasons[setting]}"
+            return f"it reads stage 1's {setting} setting, whose {stage1_reasons[setting].removeprefix('its ')}"
     return None
 
 

@@ -71,9 +71,9 @@ def _plan(args, cfg, methods, out: Path) -> list[_Job]:
     base_digest = file_digest(args.model) if Path(args.model).exists() else str(args.model)
     jobs: list[_Job] = []
     for method in methods:
-        why = needs.read_left_out(Path(args.selections) / method)
-        if why:  # nothing to train: the select stage left the method out, and said why
-            log.info("%s", needs.line(method, why))
+        if needs.read_left_out(Path(args.selections) / method):
+            # nothing to train: the select stage left the method out and said why (the report too)
+            log.info("%s: left out by its select stage (selections/%s/left_out.json)", method, method)
             if (out / method).is_dir():
                 shutil.rmtree(out / method)
             continue

@@ -23,7 +23,7 @@ def test_planned_left_out_on_your_own_data():
     assert set(out) == {"judge", "stage1@scores", "self_filter_scores", "alpagasus", "oracle_clean"}
     assert "judge.backend: openai" in out["judge"] and "data.scenes" in out["judge"]
     assert "data.hidden_labels" in out["oracle_clean"]
-    assert out["self_filter_scores"].startswith("it reads stage 1's scores difficulty")
+    assert out["self_filter_scores"].startswith("it reads stage 1's scores setting")
     for why in out.values():
         assert "\n" not in needs.line("x", why)
 
@@ -55,7 +55,7 @@ def test_judge_stage_leaves_itself_out_and_the_readers_follow(tmp_path, capsys):
                              "--scenes", str(tmp_path / "scenes.jsonl"), "--source", str(tmp_path / "source.json"),
                              "--out", str(tmp_path / "judge"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "judge: left out - judge.backend is 'annotation'" in out
+    assert "judge: left out - the annotation judge rates records against scene annotations" in out
     assert len(pd.read_parquet(tmp_path / "judge" / "ratings.parquet")) == 0  # no constant ratings
     assert "data.scenes" in json.loads((tmp_path / "judge" / "usage.json").read_text())["left_out"]
 

@@ -6,9 +6,9 @@ hidden labels, or yours from ``data.scenes`` / ``data.hidden_labels``), decides 
 (the generator's shapes benchmark, or a held-out split of your records by picture) and writes
 
     OUT/records.jsonl    the selectable pool (kept records minus the held-out ones)
-    OUT/heldout.jsonl    the benchmark records (never selectable; empty when there are none)
+    OUT/heldout.jsonl    the benchmark records (never selectable), when the benchmark is a split
     OUT/rejected.jsonl   every rejected record with its reason
-    OUT/scenes.jsonl, OUT/hidden.jsonl   the side files (empty when the data has none)
+    OUT/scenes.jsonl, OUT/hidden.jsonl   the side files, when the data has them
     OUT/summary.json     counts: input, kept, rejected by reason, duplicate ids, held out
     OUT/source.json      what the data has (selfilter.data.source)
 
@@ -24,7 +24,7 @@ from selfilter.data.config import DataConfig
 from selfilter.data.ingest import AnnotationsError, ingest_records, read_annotations
 from selfilter.data.source import HELDOUT_FILE, HIDDEN_FILE, SCENES_FILE, SourceInfo, write_source
 from selfilter.data.split import heldout_images, split_heldout
-from selfilter.io import read_jsonl, write_bytes, write_json, write_jsonl, write_sidecar
+from selfilter.io import file_digest, read_jsonl, write_bytes, write_json, write_jsonl, write_sidecar
 
 SIDE_FILES = {  # key -> (generator's file, pool file, required fields of a row)
     "scenes": ("scenes.jsonl", SCENES_FILE, ("image", "objects")),
@@ -77,15 +77,23 @@ def build_pool(cfg: DataConfig, generated: str | Path, out: str | Path, *, progr
 
     summary = {**result.summary(), "pool": len(pool), "heldout": len(heldout),
                "annotations": str(annotations), "image_dir": str(image_dir), "max_image_pixels": cfg.max_image_pixels}
+    # prepare's output folder is cleared by DVC before it runs; by hand, stale side files must go
+    for name in (HELDOUT_FILE, *(v[1] for v in SIDE_FILES.values())):
+        (out / name).unlink(missing_ok=True)
     write_jsonl(out / "records.jsonl", pool)
-    write_jsonl(out / HELDOUT_FILE, heldout)
+    files: dict[str, str] = {}
+    if heldout:
+        write_jsonl(out / HELDOUT_FILE, heldout)
+        files[HELDOUT_FILE] = file_digest(out / HELDOUT_FILE)
     write_jsonl(out / "rejected.jsonl", result.rejected)
     for key, (_, pool_name, _) in SIDE_FILES.items():
-        write_bytes(out / pool_name, side[key])
+        if side[key]:
+            write_bytes(out / pool_name, side[key])
+            files[pool_name] = file_digest(out / pool_name)
     write_json(out / "summary.json", summary)
     write_source(out, SourceInfo(source=cfg.source, annotations=str(annotations), image_dir=str(image_dir),
                                  scenes=bool(side["scenes"]), hidden_labels=bool(side["hidden_labels"]),
-                                 benchmark=benchmark))
+                                 benchmark=benchmark, files=files))
     write_sidecar(out / "records.jsonl", params={"max_image_pixels": cfg.max_image_pixels, "image_dir": str(image_dir)},
                   inputs={"annotations": annotations}, kept=len(result.kept), rejected=len(result.rejected),
                   heldout=len(heldout))

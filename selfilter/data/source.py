@@ -11,8 +11,9 @@ source made the pool: the graph is the same for the embedded generator and for y
                 | {"kind": "heldout", "records": "POOL/heldout.jsonl", "images": n, "records_n": n}
                 | {"kind": "none"}}
 
-``scenes.jsonl``, ``hidden.jsonl`` and ``heldout.jsonl`` always exist in the pool folder (empty
-when the data has none), so DVC stages can depend on them by name.
+``scenes.jsonl``, ``hidden.jsonl`` and ``heldout.jsonl`` exist in the pool folder only when the
+data has them; ``files`` holds their sha256, so a DVC stage that depends on ``source.json``
+reruns when one of them changes (and no stage depends on a file that may not exist).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class SourceInfo:
     scenes: bool
     hidden_labels: bool
     benchmark: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})
+    files: dict[str, str] = field(default_factory=dict)  # side file name -> sha256
 
     @property
     def benchmark_kind(self) -> str:

@@ -61,6 +61,19 @@ def _run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     out = Path(args.out)
+    if cfg.target == "shapes":
+        from selfilter.data.config import DataConfig
+
+        if load_section("data", DataConfig, args.params).source != "shapes":
+            # a target set of shapes questions says nothing about which of your records help
+            why = ("its target set is generated shapes questions (less.target: shapes) and this data is not the "
+                   "shapes data; set less.target: llava and less.target_annotations to a dev set of your target "
+                   "tasks (never the benchmark's questions)")
+            from selfilter import needs
+
+            needs.write_left_out(out, "less", why)
+            print(needs.line("less", why))
+            return 0
     device = resolve_device(cfg.device)
     records = load_records(args.records)
     model, processor = load_vlm(args.model, cfg.dtype, device)

@@ -168,8 +168,14 @@ def left_out_reason(args: argparse.Namespace, method: reg.Method) -> str | None:
     """Why ``method`` cannot run on this data (selfilter.needs), or None."""
     has_hidden = read_source(args.source).hidden_labels if args.source else bool(args.hidden)
     stage1 = {s: needs.read_left_out(Path(args.stage1) / s) for s in ("scores", "clip")} if args.stage1 else {}
-    return needs.method_missing(method.needs, judge_reason=needs.judge_left_out(args.judge),
-                                has_hidden=has_hidden, stage1_reasons=stage1)
+    why = needs.method_missing(method.needs, judge_reason=needs.judge_left_out(args.judge),
+                               has_hidden=has_hidden, stage1_reasons=stage1)
+    for need in method.needs:  # a scoring stage that left itself out (e.g. less on data it cannot target)
+        path = getattr(args, FLAGS.get(need, ""), None)
+        upstream = needs.read_left_out(Path(path).parent) if path else None
+        if not why and upstream:
+            why = f"it reads {need} scores, and their stage was left out: {upstream}"
+    return why
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ template the fine-tuning recipe trains on), and results are written by its own
 - **Stable names.** ``<output_dir>/results.json`` (lmms-eval's ``<timestamp>_results.json``),
   ``samples_<task>.jsonl``, ``lmms_eval.log`` (its warnings and errors) and the flat
   ``{"task/metric": value}`` summary returned to the caller.
+- **A model for log-likelihood tasks.** ``selfilter_llava_hf`` (``selfilter.evaluation.llava_model``,
+  registered here) is ``llava_hf`` with a working ``loglikelihood``, which the held-out tasks need.
 """
 from __future__ import annotations
 
@@ -101,6 +103,10 @@ class LmmsEvaluator:
                  cache_dir: str | os.PathLike | None = None):
         import lmms_eval.evaluator  # noqa: F401  (imports lmms_eval.models, which sets up its logging)
         from lmms_eval.tasks import TaskManager, get_task_dict
+
+        from selfilter.evaluation.llava_model import register
+
+        register()  # `selfilter_llava_hf`, here so that every evaluation worker process has it
 
         if not tasks:
             raise ValueError("no lmms-eval tasks given")

@@ -21,7 +21,7 @@ class EvaluateConfig(Section):
     tasks: Literal["auto"] | list[str] = "auto"
     include_path: str | list[str] = "evaluation/tasks"  # folder(s) of custom lmms-eval task YAMLs (add yours)
     limit: int | None = Field(None, ge=1)      # at most this many documents per task (null = all)
-    model: str = "llava_hf"                    # an lmms-eval registered model name
+    model: str = "selfilter_llava_hf"          # an lmms-eval registered model name (ours: llava_hf + a working loglikelihood)
     device: str = "cpu"                        # cpu | cuda | cuda:N
     dtype: str = "float32"                     # float32 | bfloat16 | float16 | auto
     workers: int = Field(2, ge=1)              # evaluation processes (each loads the tasks once)

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from selfilter.selection.similarity import exact_cosine_pairs
+
 BACKENDS = ("auto", "dense", "clustered")
 PRECISIONS = ("auto", "bfloat16", "float32")
 
@@ -153,7 +155,6 @@ def finish(features: Any, norms: np.ndarray, queries: np.ndarray, rows: np.ndarr
            cols: np.ndarray, thresholds: np.ndarray, picked: np.ndarray) -> dict[int, tuple]:
     """Score candidate pairs (``rows[i]`` for query ``queries[cols[i]]``) canonically and split
     them into per-query shortlists sorted by (similarity desc, index asc)."""
-    from selfilter.selection.greedy import exact_cosine_pairs
 
     keep = ~picked[rows]
     rows, cols = rows[keep], cols[keep]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from selfilter.selection import neighbours as nb
-from selfilter.selection.greedy import exact_cosine, row_norms
+from selfilter.selection.similarity import exact_cosine, row_norms
 
 
 def _brute(x, norms, q, picked):

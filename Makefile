@@ -36,7 +36,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies
 
-run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro), then print the verdict (exit 1 if not calibrated)
+run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro), then print the verdict (exit 1 if not calibrated, 3 if calibration is not established)
 	$(BIN)/dvc repro
 	@$(BIN)/selfilter verdict
 

@@ -13,9 +13,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("selfilter.data.ingest", "validate LLaVA-format annotations into records.jsonl + rejected.jsonl"),
     "shapes": ("selfilter.data.shapes", "generate the embedded 'shapes' instruction dataset and benchmarks"),
-    "calibration": ("selfilter.report.gate", "exit 1 if the testbed calibration checks (reports/calibration.json) failed"),
+    "calibration": ("selfilter.report.gate", "exit 0 calibrated, 1 a check failed, 3 not established (a check skipped: too few seeds) - reports/calibration.json"),
     "verdict": ("selfilter.report.verdict", "print who won at each budget, the calibration verdict and where the "
-                "report, plots and MLflow store are (exit 1 if not calibrated)"),
+                "report, plots and MLflow store are (exit 0 calibrated, 1 not calibrated, 3 not established)"),
 }
 
 

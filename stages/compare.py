@@ -43,7 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from selfilter.report.compare import build_report
-    from selfilter.report.plots import plot_metric_bars, plot_score_vs_budget, score_vs_budget_rows
+    from selfilter.report.plots import (
+        plot_metric_bars,
+        plot_score_vs_budget,
+        score_vs_budget_rows,
+    )
 
     cfg = load_section("compare", CompareConfig, args.params)
     out = Path(args.out)
@@ -76,11 +80,16 @@ def _run(args: argparse.Namespace) -> int:
     # check must leave the evidence behind.
     write_json(out / "metrics.json", report.metrics_json())
     write_json(out / "summary.json", report.dvc_metrics())
-    write_json(out / "calibration.json", {"calibrated": report.calibrated, "checks": report.checks})
+    write_json(out / "calibration.json", {"calibrated": report.calibrated, "status": report.calibration,
+                                          "checks": report.checks})
     write_text(out / "comparison.md", markdown + "\n")
     print(f"compare: {len(report.runs)} runs, {len(summary['methods'])} methods -> {out}/comparison.md")
     for b, w in summary["winners"].items():
-        print(f"compare: budget {b}: winner {w}")
+        tied = summary["ties"].get(b)
+        print(f"compare: budget {b}: " + (f"tie between {', '.join(tied)}" if tied else f"winner {w}"))
+    print(f"compare: calibration {report.calibration}")
+    for name, why in report.left_out.items():
+        print(f"compare: {name}: left out - {why}")
     failed = [c for c in report.checks if c["status"] == "fail"]
     for c in failed:
         print(f"compare: calibration FAILED: {c['name']}: {c['detail']}", file=sys.stderr)

@@ -2,8 +2,8 @@
 
 Reading (``load_runs`` and friends) is kept apart from the pure parts: ``summarize`` (mean and
 t-based CI over seeds for every metric, relative-to-full, ranks), ``question_types`` (each
-question type next to its most-common-answer baseline), ``calibration_checks`` and
-``render_markdown``. ``build_report`` ties them together for the stage.
+question type next to its most-common-answer baseline); the checks are ``calibration``'s, the
+text ``markdown``'s. ``build_report`` ties them together for the stage.
 
 Controls (``meta.json: "control": true``, i.e. ``oracle_clean``, which reads the hidden labels)
 are summarised and shown, never ranked and never named a winner.
@@ -19,9 +19,21 @@ from typing import Any
 
 from selfilter.evaluation.metrics import majority_baseline
 from selfilter.io import read_json, read_jsonl
+from selfilter.report.budgets import bkey, budget_label
+from selfilter.report.calibration import (
+    CALIBRATED,
+    calibration_checks,
+    calibration_status,
+)
 from selfilter.report.config import CompareConfig
-from selfilter.report.stats import (min_detectable_difference, pooled_std, ranks, relative_to, seed_stats,
-                                    separated)
+from selfilter.report.markdown import render_markdown
+from selfilter.report.stats import (
+    min_detectable_difference,
+    pooled_std,
+    ranks,
+    relative_to,
+    seed_stats,
+)
 
 MANIFEST_KEYS = ("method", "budget", "seed", "n_selected", "selection", "checkpoint", "eval", "metrics")
 
@@ -106,19 +118,25 @@ def summarize(runs: Sequence[Run], cfg: CompareConfig,
         entry["train_wall_s"] = math.fsum(trains) / len(trains) if trains else None
         steps = [r.train.get("steps") for r in group if r.train.get("steps") is not None]
         entry["train_steps"] = math.fsum(steps) / len(steps) if steps else None
-        rows[method][_bkey(budget)] = entry
+        rows[method][bkey(budget)] = entry
     # Ranks per budget among methods (controls excluded); the reference method competes only at its budget.
-    winners, resolution = {}, {}
+    winners, ties, resolution = {}, {}, {}
     for b in sorted({budget for _, budget in groups}):
-        contenders = {m: rows[m][_bkey(b)]["metrics"]["overall"]["mean"]
-                      for (m, bb) in groups if bb == b and not rows[m][_bkey(b)]["control"]}
+        # rounded so that equal means (identical subsets, a benchmark every method scores the same
+        # on) rank equal instead of being ordered by the last bit of a float sum
+        contenders = {m: round(rows[m][bkey(b)]["metrics"]["overall"]["mean"], 9)
+                      for (m, bb) in groups if bb == b and not rows[m][bkey(b)]["control"]}
         for m, rk in ranks(contenders).items():
-            rows[m][_bkey(b)]["rank"] = rk
+            rows[m][bkey(b)]["rank"] = rk
         if contenders:
-            winners[_bkey(b)] = min(contenders, key=lambda m: (rows[m][_bkey(b)]["rank"], m))
-        resolution[_bkey(b)] = grid_resolution([rows[m][_bkey(b)]["metrics"]["overall"]
+            first = sorted(m for m in contenders if rows[m][bkey(b)]["rank"] == 1)
+            winners[bkey(b)] = first[0]
+            if len(first) > 1:
+                ties[bkey(b)] = first  # a tie has no winner; ``winners`` keeps a name for the tables
+        resolution[bkey(b)] = grid_resolution([rows[m][bkey(b)]["metrics"]["overall"]
                                                 for (m, bb) in groups if bb == b], cfg.confidence)
-    return {"reference_overall": ref_overall, "methods": dict(rows), "winners": winners, "resolution": resolution}
+    return {"reference_overall": ref_overall, "methods": dict(rows), "winners": winners, "ties": ties,
+            "resolution": resolution}
 
 
 def grid_resolution(overall: Sequence[Mapping[str, float]], confidence: float) -> dict[str, float]:
@@ -127,12 +145,10 @@ def grid_resolution(overall: Sequence[Mapping[str, float]], confidence: float) -
     number of seeds (the smallest group's, the conservative choice)."""
     std, dof = pooled_std(overall)
     seeds = min((int(g["n"]) for g in overall), default=0)
+    # the t quantile takes the pooled std's own degrees of freedom (sum of n_i - 1 over the groups)
     return {"pooled_std": std, "dof": dof, "n_seeds": seeds,
-            "mdd": min_detectable_difference(std, seeds, confidence), "confidence": confidence}
+            "mdd": min_detectable_difference(std, seeds, confidence, dof=dof), "confidence": confidence}
 
-
-def _bkey(budget: float) -> str:
-    return f"{float(budget):g}"
 
 
 def imperfect_counts(uids: Sequence[int], kind_by_uid: Mapping[int, str]) -> dict[str, int]:
@@ -183,229 +199,6 @@ def question_types(bench: Mapping[str, Sequence[Mapping[str, Any]]],
         qt["n"] = len(answers)
         qt["diagnostic"] = qt["metric"].split("/", 1)[0] in skip
     return out
-
-
-def calibration_checks(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str, Any]],
-                       cfg: CompareConfig) -> list[dict[str, Any]]:
-    """The testbed's calibration (issue 4), each ``{"name", "status": pass|fail|skipped, "detail"}``:
-    full beats random at the calibration budget by > k seed std on overall; so does the clean
-    control; every question type trained on full beats its most-common-answer baseline."""
-    methods = summary["methods"]
-    b = _bkey(cfg.calibration_budget)
-    k = cfg.std_multiple
-
-    def group(method, budget=None):
-        per_budget = methods.get(method, {})
-        if budget is None:  # the reference runs at its own budget (1.0)
-            return next(iter(per_budget.values()), None)
-        return per_budget.get(budget)
-
-    checks = []
-    baseline = group(cfg.baseline_method, b)
-    for name, method, budget in [("full_beats_random", cfg.reference_method, None),
-                                 ("clean_control_beats_random", cfg.clean_control, b)]:
-        g = group(method, budget)
-        label = f"{method} vs {cfg.baseline_method}@{b}: overall"
-        if g is None or baseline is None:
-            checks.append({"name": name, "status": "skipped", "detail": f"{label}: not run"})
-            continue
-        a, r = g["metrics"]["overall"], baseline["metrics"]["overall"]
-        if min(a["n"], r["n"]) < cfg.min_seeds:
-            checks.append({"name": name, "status": "skipped",
-                           "detail": f"{label}: fewer than {cfg.min_seeds} seeds"})
-            continue
-        ok, diff, thr = separated(a, r, k)
-        checks.append({"name": name, "status": "pass" if ok else "fail",
-                       "detail": f"{label}: {a['mean']:.4f} vs {r['mean']:.4f}, difference {diff:+.4f} "
-                                 f"{'>' if ok else '<='} {k:g} x seed std = {thr:.4f}",
-                       "difference": diff, "threshold": thr})
-    full = group(cfg.reference_method)
-    for qt, info in qtypes.items():
-        if info.get("diagnostic"):
-            continue  # outside overall, outside the calibration
-        name = f"full_beats_majority[{qt}]"
-        stats = full["metrics"].get(info["metric"]) if full else None
-        if stats is None:
-            checks.append({"name": name, "status": "skipped", "detail": f"{info['metric']}: not evaluated on full"})
-            continue
-        enough = info["n"] >= cfg.min_questions_per_type
-        ok = stats["mean"] > info["majority_accuracy"] and enough
-        checks.append({"name": name, "status": "pass" if ok else "fail",
-                       "detail": f"{qt}: full {stats['mean']:.4f} vs always '{info['majority_answer']}' "
-                                 f"{info['majority_accuracy']:.4f}, {info['n']} questions"
-                                 + ("" if enough else f" (fewer than {cfg.min_questions_per_type}: one question "
-                                                      f"moves the score by {1 / max(1, info['n']):.3f})"),
-                       "difference": stats["mean"] - info["majority_accuracy"]})
-    return checks
-
-
-# ---------------------------------------------------------------- markdown
-
-def _pm(s: Mapping[str, float] | None, digits: int = 3) -> str:
-    if s is None:
-        return "-"
-    if not math.isfinite(s.get("half_width", float("nan"))):
-        return f"{s['mean']:.{digits}f} (n={s['n']})"
-    return f"{s['mean']:.{digits}f} ± {s['half_width']:.{digits}f}"
-
-
-def _num(x: float | None, fmt: str = "{:.2f}") -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
-
-
-def _picked(g: Mapping[str, Any]) -> str:
-    """Mean number of known-imperfect records a method picked, by kind, and their share."""
-    picked = g.get("imperfect_picked")
-    if picked is None:
-        return "-"
-    total = math.fsum(picked.values())
-    kinds = ", ".join(f"{k} {v:.0f}" for k, v in picked.items() if v)
-    return f"{total:.0f} of {g['n_selected']} ({_num(g.get('imperfect_share'), '{:.3f}')})" + (f": {kinds}" if kinds else "")
-
-
-def _budget_label(b: str) -> str:
-    return f"{float(b) * 100:g}%"
-
-
-def verdict_lines(summary: Mapping[str, Any], cfg: CompareConfig) -> list[str]:
-    """Plain sentences: who wins at each budget (even when Self-Filter loses), and whether the
-    winner's interval separates it from the runner-up."""
-    methods = summary["methods"]
-    lines = []
-    for b, winner in sorted(summary["winners"].items(), key=lambda kv: float(kv[0])):
-        ranked = sorted((m for m in methods if b in methods[m] and not methods[m][b]["control"]),
-                        key=lambda m: methods[m][b]["rank"])
-        if winner == cfg.reference_method and len(ranked) == 1:
-            continue  # the full-data reference alone at its budget: nothing to compare
-        w = methods[winner][b]["metrics"]["overall"]
-        text = (f"At {_budget_label(b)}: **{winner}** wins on the overall score ({_pm(w)}, "
-                f"{_num(methods[winner][b]['relative_to_full'], '{:.1f}')}% of full data)")
-        if len(ranked) > 1:
-            runner = ranked[1]
-            r = methods[runner][b]["metrics"]["overall"]
-            overlap = (math.isfinite(w["ci_low"]) and math.isfinite(r["ci_high"]) and w["ci_low"] <= r["ci_high"])
-            text += (f"; runner-up {runner} ({_pm(r)})"
-                     + (" - the 95% intervals overlap, so the order of these two is not established." if overlap
-                        else " - separated at 95%."))
-            mdd = summary.get("resolution", {}).get(b, {}).get("mdd", float("nan"))
-            if math.isfinite(mdd):
-                gap = w["mean"] - r["mean"]
-                text += (f" Gap {gap:.3f} {'>' if gap > mdd else '<='} minimum detectable difference {mdd:.3f}"
-                         + (": resolved." if gap > mdd else ": not resolved by this grid."))
-        lines.append(text)
-        sf = [m for m in ranked if m.startswith("self_filter")]
-        if sf and winner not in sf:
-            best = min(sf, key=lambda m: methods[m][b]["rank"])
-            lines.append(f"  Self-Filter does not win at {_budget_label(b)}: its best variant, {best}, ranks "
-                         f"{methods[best][b]['rank']} of {len(ranked)} ({_pm(methods[best][b]['metrics']['overall'])}).")
-    # The paper's headline claim: a small subset beats training on the full data.
-    beat = [(m, b) for m in methods for b, g in methods[m].items()
-            if m != cfg.reference_method and not g["control"] and g["relative_to_full"] > 100]
-    if math.isfinite(summary.get("reference_overall", float("nan"))):
-        lines.append("No selected subset beats full-data training on the overall score." if not beat else
-                     "Subsets that beat full-data training on the overall score: "
-                     + ", ".join(f"{m} at {_budget_label(b)} ({methods[m][b]['relative_to_full']:.1f}%)" for m, b in beat) + ".")
-    return lines
-
-
-def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str, Any]],
-                    checks: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping[str, Any]],
-                    recipe: Mapping[str, Any], cfg: CompareConfig, plots: Sequence[str] = ()) -> str:
-    methods = summary["methods"]
-    budgets = sorted({b for m in methods.values() for b in m}, key=float)
-    tasks = sorted({k.split("/", 1)[0] for m in methods.values() for g in m.values()
-                    for k in g["metrics"] if "/" in k})
-    primaries = [f"{t}/{cfg.primary_metrics[t]}" for t in tasks if t in cfg.primary_metrics]
-    out = ["# Data selection comparison", ""]
-    out += ["## Verdict", ""] + [f"- {line}" if not line.startswith("  ") else line for line in verdict_lines(summary, cfg)]
-    failed = [c for c in checks if c["status"] == "fail"]
-    out += ["", f"Calibration: {sum(c['status'] == 'pass' for c in checks)} passed, {len(failed)} failed, "
-                f"{sum(c['status'] == 'skipped' for c in checks)} skipped"
-                + (" - **the testbed is not calibrated; read the comparison with that in mind.**" if failed else "."), ""]
-    out += ["## Recipe", "", f"- Fine-tuning recipe: **{recipe.get('recipe', 'unknown')}**"
-            + (f" ({recipe['detail']})" if recipe.get("detail") else "") + ".",
-            (f"- Scores: mean ± half-width of the {cfg.confidence:.0%} t-interval over seeds; "
-            f"overall = mean of each task's primary metric "
-            f"({', '.join(x for x in primaries if x.split('/', 1)[0] not in cfg.diagnostic_tasks)}); "
-            f"relative to full = overall / {cfg.reference_method}'s overall."),
-            "- Controls (read the hidden imperfection labels) are shown for calibration and never ranked.", ""]
-    base = cfg.baseline_method
-    head = ["method", "seeds", "overall", f"vs {base}", "% of full", "rank", *primaries, "imperfect picked (share)"]
-    resolution = summary.get("resolution", {})
-    for b in budgets:
-        res = resolution.get(b, {})
-        mdd = res.get("mdd", float("nan"))
-        out += [f"## Budget {_budget_label(b)}", ""]
-        if math.isfinite(mdd):
-            out += [(f"Minimum detectable difference of this grid at {_budget_label(b)}: **{mdd:.3f}** on overall "
-                     f"({res['confidence']:.0%}, two-sided t-test of two methods with {res['n_seeds']} seeds each; "
-                     f"pooled seed std {res['pooled_std']:.3f}). A gap smaller than it is not resolved; "
-                     f"`vs {base}` marks resolved gaps with *."), ""]
-        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        rows = [(m, methods[m][b]) for m in methods if b in methods[m]]
-        rows.sort(key=lambda mg: (mg[1]["control"], mg[1].get("rank", 10**6), mg[0]))
-        ref = methods.get(base, {}).get(b)
-        for m, g in rows:
-            name = f"{m} (control)" if g["control"] else m
-            gap = "-"
-            if ref is not None and m != base:
-                d = g["metrics"]["overall"]["mean"] - ref["metrics"]["overall"]["mean"]
-                gap = f"{d:+.3f}" + ("*" if math.isfinite(mdd) and abs(d) > mdd else "")
-            cells = [name, str(len(g["seeds"])), _pm(g["metrics"]["overall"]), gap,
-                     _num(g["relative_to_full"], "{:.1f}"), "-" if g["control"] else str(g.get("rank", "-")),
-                     *[_pm(g["metrics"].get(p)) for p in primaries], _picked(g)]
-            out.append("| " + " | ".join(cells) + " |")
-        out.append("")
-    if qtypes:
-        cb = _bkey(cfg.calibration_budget)
-        shown = [m for m in methods if cb in methods[m]]
-        out += ["## Question types vs their most-common-answer baseline", "",
-                (f"Accuracy per question type; baseline = always giving the type's most common answer. "
-                f"Methods at {_budget_label(cb)} unless named full. Types marked (diagnostic) belong to "
-                f"tasks outside overall and outside the calibration ({', '.join(cfg.diagnostic_tasks) or 'none'})."), "",
-                "| type | n | baseline (answer) | full | " + " | ".join(shown) + " |",
-                "|" + "---|" * (4 + len(shown))]
-        full = next(iter(methods.get(cfg.reference_method, {}).values()), None)
-        for qt, info in qtypes.items():
-            cells = [qt + (" (diagnostic)" if info.get("diagnostic") else ""), str(info["n"]),
-                     f"{info['majority_accuracy']:.3f} ({info['majority_answer']})",
-                     _pm(full["metrics"].get(info["metric"])) if full else "-"]
-            cells += [_pm(methods[m][cb]["metrics"].get(info["metric"])) for m in shown]
-            out.append("| " + " | ".join(cells) + " |")
-        out.append("")
-    out += ["## Cost", "", ("Selection wall time per subset (from selections/*/meta.json; deterministic methods "
-            "are computed once per budget), judge usage (judge/usage.json, for methods that read the ratings), "
-            "fine-tuning wall time and steps per run (runs/*/train_log.json). Scoring: the model-pass stage a "
-            "method's scores come from (el2n, ifd, less; metrics.json), once for all subsets: wall seconds "
-            "(passes over the pool)."), "",
-            "| method | budget | selection s | judge requests | judge tokens | training s | steps | scoring s (passes) |",
-            "|---|---|---|---|---|---|---|---|"]
-    for m in methods:
-        for b in budgets:
-            if b not in methods[m]:
-                continue
-            g, c = methods[m][b], costs.get(m, {})
-            sc = g.get("scoring") or {}
-            passes = "-" if sc.get("model_passes") is None else sc["model_passes"]
-            scoring = f"{sc['wall_s']:.1f} ({passes})" if sc.get("wall_s") is not None else "-"
-            out.append(f"| {m} | {_budget_label(b)} | {_num(g['selection_wall_s'], '{:.3f}')} | "
-                       f"{c.get('requests', '-')} | {c.get('tokens', '-')} | {_num(g['train_wall_s'])} | "
-                       f"{_num(g['train_steps'], '{:.0f}')} | {scoring} |")
-    out += ["", "## Calibration checks", ""]
-    for c in checks:
-        out.append(f"- **{c['status'].upper()}** `{c['name']}`: {c['detail']}")
-    out += [""]
-    for b in budgets:
-        names = [m for m in methods if b in methods[m]]
-        keys = sorted(set().union(*(methods[m][b]["metrics"] for m in names)))
-        out += [f"## All metrics at {_budget_label(b)}", "", "| metric | " + " | ".join(names) + " |",
-                "|" + "---|" * (1 + len(names))]
-        for k in keys:
-            out.append(f"| {k} | " + " | ".join(_pm(methods[m][b]["metrics"].get(k)) for m in names) + " |")
-        out.append("")
-    if plots:
-        out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------- reading the pipeline's files
@@ -487,8 +280,8 @@ def recipe_of(runs: Sequence[Run]) -> dict[str, Any]:
     steps: dict[str, list[float]] = defaultdict(list)
     for r in runs:
         if r.train.get("steps") is not None:
-            steps[_bkey(r.budget)].append(r.train["steps"])
-    detail = ", ".join(f"{_budget_label(b)}: {sum(v) / len(v):.0f} steps" for b, v in sorted(steps.items(), key=lambda kv: float(kv[0])))
+            steps[bkey(r.budget)].append(r.train["steps"])
+    detail = ", ".join(f"{budget_label(b)}: {sum(v) / len(v):.0f} steps" for b, v in sorted(steps.items(), key=lambda kv: float(kv[0])))
     return {"recipe": " + ".join(recipes) if recipes else "unknown", "detail": detail}
 
 
@@ -501,27 +294,41 @@ class Report:
     costs: dict[str, Any]
     recipe: dict[str, Any]
     cfg: CompareConfig
+    left_out: dict[str, str] = field(default_factory=dict)  # part -> why it did not run on this data
+    benchmark: dict[str, Any] | None = None                 # evals/benchmark.json: what was measured
 
     def markdown(self, plots: Sequence[str] = ()) -> str:
         """comparison.md; ``plots`` are image paths relative to it."""
-        return render_markdown(self.summary, self.qtypes, self.checks, self.costs, self.recipe, self.cfg, plots)
+        from selfilter.report.notes import anomaly_notes
+
+        return render_markdown(self.summary, self.qtypes, self.checks, self.costs, self.recipe, self.cfg, plots,
+                               left_out=self.left_out, benchmark=self.benchmark, notes=anomaly_notes(self.summary))
+
+    @property
+    def calibration(self) -> str:
+        """calibrated | not calibrated | not established (``calibration_status``)."""
+        return calibration_status(self.checks)
 
     @property
     def calibrated(self) -> bool:
-        return not any(c["status"] == "fail" for c in self.checks)
+        """True only when every check ran and passed: a skipped check is not a passed one."""
+        return self.calibration == CALIBRATED
 
     def dvc_metrics(self) -> dict[str, Any]:
         """The compact summary DVC shows (``dvc metrics show``, ``dvc exp show``): per budget, each
         method's overall mean and 95% half-width over seeds and the winner; the calibration
         verdict; a few cost totals. Tens of columns, not thousands: the full index of every
         statistic stays in metrics.json, which is not a DVC metric."""
-        out: dict[str, Any] = {"calibrated": self.calibrated}
+        out: dict[str, Any] = {"calibrated": self.calibrated, "calibration": self.calibration}
+        if self.benchmark:
+            out["benchmark"] = self.benchmark.get("name")
         methods = self.summary["methods"]
         for b in sorted({b for groups in methods.values() for b in groups}, key=float):
             key = f"{float(b) * 100:g}%"
             row: dict[str, Any] = {}
             if b in self.summary["winners"] and float(b) < 1.0:
-                row["winner"] = self.summary["winners"][b]
+                tied = self.summary.get("ties", {}).get(b)
+                row["winner"] = f"tie: {', '.join(tied)}" if tied else self.summary["winners"][b]
             for m in sorted(methods):
                 if b in methods[m]:
                     o = methods[m][b]["metrics"]["overall"]
@@ -538,6 +345,8 @@ class Report:
     def metrics_json(self) -> dict[str, Any]:
         return {"runs": [r.manifest() for r in self.runs],
                 "summary": {**self.summary, "calibration": {c["name"]: c["status"] for c in self.checks},
+                            "calibration_status": self.calibration, "left_out": self.left_out,
+                            "benchmark": self.benchmark,
                             "question_types": self.qtypes}}
 
 
@@ -549,7 +358,43 @@ def build_report(selections: Path, runs: Path, evals: Path, cfg: CompareConfig, 
     kinds = load_hidden_kinds(hidden, records) if hidden and records and Path(hidden).is_file() else None
     summary = summarize(run_list, cfg, kinds)
     qtypes = question_types(load_bench(bench), cfg.diagnostic_tasks) if bench else {}
-    checks = calibration_checks(summary, qtypes, cfg)
     usage = read_json(judge_usage) if judge_usage and Path(judge_usage).is_file() else None
-    costs = judge_costs(usage, summary["methods"], cfg)
-    return Report(run_list, summary, qtypes, checks, costs, recipe_of(run_list), cfg)
+    left_out = load_left_out(selections, usage)
+    benchmark = read_json(Path(evals) / "benchmark.json") if (Path(evals) / "benchmark.json").is_file() else None
+    base = load_base_overall(Path(evals), cfg.primary_metrics, cfg.diagnostic_tasks)
+    checks = calibration_checks(summary, qtypes, cfg, left_out=left_out, base=base)
+    costs = judge_costs(usage if usage and "left_out" not in usage else None, summary["methods"], cfg)
+    return Report(run_list, summary, qtypes, checks, costs, recipe_of(run_list), cfg, left_out, benchmark)
+
+
+BASE_EVAL = "_base"  # evals/_base: the base model before fine-tuning (stages/evaluate.py BASE_DIR)
+
+
+def load_left_out(selections: Path, judge_usage: Mapping[str, Any] | None) -> dict[str, str]:
+    """{part: reason} of every part left out for what the data lacks: selection methods
+    (``selections/<method>/left_out.json``) and the judge (``judge/usage.json``'s ``left_out``)."""
+    from selfilter.needs import read_left_out
+
+    out = {}
+    if judge_usage and judge_usage.get("left_out"):
+        out["judge"] = str(judge_usage["left_out"])
+    for folder in sorted(p for p in Path(selections).iterdir() if p.is_dir()) if Path(selections).is_dir() else ():
+        reason = read_left_out(folder)
+        if reason:
+            out[folder.name] = reason
+    return out
+
+
+def load_base_overall(evals: Path, primary: Mapping[str, str], diagnostic: Iterable[str] = ()) -> float | str | None:
+    """The base model's overall score on the same benchmark (``evals/_base/metrics.json``), the
+    reason it has none (its evaluation failed), or None when the base was not evaluated."""
+    path = evals / BASE_EVAL / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = read_json(path)
+    if "error" in metrics:
+        return f"the base model's evaluation failed ({str(metrics['error'])[:120]})"
+    try:
+        return overall_score({k: float(v) for k, v in metrics.items()}, primary, where=str(path), diagnostic=diagnostic)
+    except ValueError as e:
+        return str(e)

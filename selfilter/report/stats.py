@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from scipy import stats as _st
 
@@ -74,12 +75,39 @@ def pooled_std(groups: Sequence[Mapping[str, float]]) -> tuple[float, int]:
     return math.sqrt(ss / dof), dof
 
 
-def min_detectable_difference(std: float, n_seeds: int, confidence: float = 0.95) -> float:
+def min_detectable_difference(std: float, n_seeds: int, confidence: float = 0.95, dof: int | None = None) -> float:
     """The smallest difference of two methods' means (``n_seeds`` seeds each, seed std ``std``)
     that a two-sided two-sample t-test calls significant at ``confidence``:
-    t_{(1+confidence)/2, 2n-2} * std * sqrt(2 / n). A gap below it is not resolved by the grid
-    (it is the least significant difference; detecting it reliably, with power, needs more)."""
+    t_{(1+confidence)/2, dof} * std * sqrt(2 / n). ``dof`` is the degrees of freedom of ``std``:
+    2n-2 for the two groups' own std (the default), the pooled dof when ``std`` is pooled over
+    more groups. A gap below it is not resolved by the grid (it is the least significant
+    difference; detecting it reliably, with power, needs more seeds)."""
     if n_seeds < 2 or not math.isfinite(std):
         return float("nan")
-    t = float(_st.t.ppf((1 + confidence) / 2, 2 * n_seeds - 2))
+    t = float(_st.t.ppf((1 + confidence) / 2, dof if dof else 2 * n_seeds - 2))
     return t * std * math.sqrt(2.0 / n_seeds)
+
+
+EQUAL = 1e-9  # means closer than this are equal (the same subset trained the same way scores the same)
+
+
+def welch(a: Mapping[str, float], b: Mapping[str, float], confidence: float = 0.95) -> dict[str, Any]:
+    """The one decision rule of the report: a two-sided Welch two-sample t-test of ``a``'s mean
+    against ``b``'s (``seed_stats`` results). Returns ``diff`` (a - b), ``p``, ``dof`` and
+    ``separated``: True when p < 1 - confidence, False when not, None when either side has one
+    seed (no spread, no test: "one seed, no interval"). Equal means are never separated; two
+    spread-free groups with different means are (their difference is exact)."""
+    diff = float(a["mean"]) - float(b["mean"])
+    na, nb = int(a["n"]), int(b["n"])
+    out: dict[str, Any] = {"diff": diff, "p": float("nan"), "dof": float("nan"), "separated": None}
+    if na < 2 or nb < 2 or not (math.isfinite(a["std"]) and math.isfinite(b["std"])):
+        return out
+    va, vb = a["std"] ** 2 / na, b["std"] ** 2 / nb
+    se2 = va + vb
+    if abs(diff) <= EQUAL:
+        return {**out, "p": 1.0, "dof": float(na + nb - 2), "separated": False}
+    if se2 == 0:
+        return {**out, "p": 0.0, "dof": float(na + nb - 2), "separated": True}
+    dof = se2 ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+    p = float(2 * _st.t.sf(abs(diff) / math.sqrt(se2), dof))
+    return {**out, "p": p, "dof": dof, "separated": p < 1 - confidence}

@@ -2,8 +2,9 @@
 
 Prints the verdict of ``reports/comparison.md`` (per budget: the winner, its interval, the
 runner-up and whether the grid resolves the gap; whether Self-Filter wins), the calibration
-verdict, and where the report, plots and MLflow store are. Exits 1 when a calibration check
-failed (the gate ``make run`` ends with), 2 when the report is missing.
+verdict, and where the report, plots and MLflow store are. Exit codes as ``selfilter calibration``
+(the gate ``make run`` ends with): 0 calibrated, 1 a calibration check failed, 2 the report is
+missing, 3 calibration not established (a check was skipped, e.g. too few seeds).
 
 Example:
     selfilter verdict                    # after dvc repro, in the checkout
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from selfilter.io import read_json
-from selfilter.report.gate import failed_checks
+from selfilter.report.gate import EXIT, failed_checks, status_of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
     print("Verdict")
     for line in verdict_section(md.read_text(encoding="utf-8")):
         print(f"  {line}")
-    failed = failed_checks(read_json(cal))
+    calibration = read_json(cal)
+    failed = failed_checks(calibration)
     for c in failed:
         print(f"  calibration FAILED {c.get('name')}: {c.get('detail', '')}")
+    status = status_of(calibration)
     uri = args.mlflow or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
     plots = sorted(p.name for p in (reports / "plots").glob("*.png")) if (reports / "plots").is_dir() else []
     print(f"Report:  {md}")
@@ -62,4 +65,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"Plots:   {reports / 'plots'}/ ({', '.join(plots)})")
     print(f"MLflow:  {uri}  (browse: make mlflow-ui)")
     print("DVC:     dvc metrics show   |   dvc exp show --only-changed")
-    return 1 if failed else 0
+    return EXIT[status]

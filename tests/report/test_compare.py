@@ -55,7 +55,8 @@ def test_dvc_metrics_are_tens_of_columns_that_agree_with_the_summary(grid):
     doc = report.dvc_metrics()
     cols = dict(_leaves(doc))
     n_groups = sum(len(g) for g in report.summary["methods"].values())
-    assert len(cols) == 2 * n_groups + len(report.summary["winners"]) - 1 + 1 + 4  # full's budget has no winner
+    # full's budget has no winner; calibrated + its status; 4 costs
+    assert len(cols) == 2 * n_groups + len(report.summary["winners"]) - 1 + 2 + 4
     assert len(cols) < 40
     assert cols["calibrated"] is True and cols["15%.winner"] == "random"
     rnd = report.summary["methods"]["random"]["0.15"]["metrics"]["overall"]
@@ -133,15 +134,18 @@ def test_minimum_detectable_difference_per_budget_next_to_the_gaps(grid):
 
     report = _report(grid)
     res = report.summary["resolution"]["0.15"]
-    # every group's seeds score base + 0.00, 0.01, 0.02: std 0.01
-    expected = stats.t.ppf(0.975, 4) * 0.01 * (2 / 3) ** 0.5
-    assert res["n_seeds"] == 3 and res["pooled_std"] == pytest.approx(0.01)
+    # every group's seeds score base + 0.00, 0.01, 0.02: std 0.01, pooled over the 3 groups at 15%
+    # (random, self_filter_scores, oracle_clean): 3 x (3 - 1) = 6 degrees of freedom, and the t
+    # quantile takes those (not 2n - 2 = 4, which belongs to two groups' own std)
+    expected = stats.t.ppf(0.975, 6) * 0.01 * (2 / 3) ** 0.5
+    assert res["n_seeds"] == 3 and res["pooled_std"] == pytest.approx(0.01) and res["dof"] == 6
     assert res["mdd"] == pytest.approx(expected)
     md = report.markdown()
     assert f"Minimum detectable difference of this grid at 15%: **{expected:.3f}**" in md
-    # random 0.51 vs self_filter_scores 0.46: a gap of 0.05 > MDD, marked resolved
+    # random 0.51 vs self_filter_scores 0.46: the Welch test separates them, marked *
+    p = stats.ttest_ind([0.45, 0.46, 0.47], [0.50, 0.51, 0.52], equal_var=False).pvalue
     assert "| self_filter_scores | 3 | 0.460 ± 0.025 | -0.050* |" in md
-    assert f"Gap 0.050 > minimum detectable difference {expected:.3f}: resolved." in md
+    assert f"separated at 95% (Welch t-test, p = {p:.3g})" in md
 
 
 def test_known_imperfect_samples_picked_are_counted_by_kind(grid):

@@ -15,8 +15,16 @@ def test_gate_fails_on_any_failed_check(tmp_path, capsys):
     assert "1 of 3 checks FAILED" in capsys.readouterr().err
 
 
-def test_gate_passes_when_no_check_failed(tmp_path):
-    assert main(["calibration", _write(tmp_path, ["pass", "skip"])]) == 0
+def test_gate_passes_only_when_every_check_ran_and_passed(tmp_path):
+    assert main(["calibration", _write(tmp_path, ["pass", "pass"])]) == 0
+
+
+def test_a_skipped_check_is_not_established_never_passed(tmp_path, capsys):
+    # the smoke and GPU profiles have one seed: the seed-noise checks are skipped
+    assert main(["calibration", _write(tmp_path, ["pass", "skipped"])]) == 3
+    err = capsys.readouterr().err
+    assert "not established" in err and "skipped c1" in err
+    assert main(["calibration", _write(tmp_path, [])]) == 3  # no check at all establishes nothing
 
 
 def test_gate_missing_file_is_one_line(tmp_path, capsys):

@@ -9,6 +9,11 @@ docs/ARCHITECTURE.md). The final ``track`` stage reads those files and logs, per
 - one nested **stage** run per DVC stage (``selfilter.kind = stage``): its params (from
   dvc.lock, else params.yaml), metrics (``metrics/<stage>.json``), training curves as step
   metrics (``stage1/*/loss.csv``), difficulty histograms, the score net, judge usage, sidecars;
+- one nested **aggregate** run per (method, budget) (``selfilter.kind = aggregate``, no seed):
+  the overall mean under the same ``overall`` key as the per-seed runs, its std, interval, seed
+  count, gap to random and whether the report's test separates it, each benchmark's mean
+  (``selfilter.report.aggregates``); the parent keeps a handful of headline metrics, and no run
+  logs more than 200;
 - one nested **comparison** run per (method, budget, seed) of ``reports/metrics.json``
   (``selfilter.kind = comparison``): params ``method``, ``budget``, ``seed`` + ``finetune.*`` and
   ``select.*``; every benchmark metric; the fine-tuning curve; the selected uids and the
@@ -48,6 +53,7 @@ import yaml
 
 from selfilter.config import Section, parse_yaml
 from selfilter.io import file_digest, read_json
+from selfilter.report.aggregates import aggregate_rows, headline
 
 # The Prefect flow opens a parent run and exports its id here; `track` then nests under it.
 PARENT_ENV = "SELFILTER_MLFLOW_PARENT"
@@ -217,7 +223,7 @@ class RunRecord:
 
     key: str  # idempotency key, unique within the parent
     name: str
-    kind: str  # "stage" | "comparison"
+    kind: str  # "stage" | "aggregate" | "comparison"
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # name -> [(step, value)]
@@ -237,6 +243,7 @@ class Lineage:
     parent: RunRecord
     stages: list[RunRecord]
     comparisons: list[RunRecord]
+    aggregates: list[RunRecord] = field(default_factory=list)
 
 
 def _dataset(name: str, path: Path) -> DatasetRef:
@@ -367,13 +374,22 @@ def collect_lineage(root: str | Path, *, params_path: str | Path = "params.yaml"
             parent.artifacts.append((p, "pipeline"))
     for p in sorted((report_file.parent / "plots").glob("*.png")):
         parent.artifacts.append((p, "pipeline/plots"))
-    parent.metrics = {k: v for k, v in numeric_leaves({k: v for k, v in report_data.items() if k != "runs"}).items()}
+    # A handful of headline numbers; the full index (thousands of leaves) stays the metrics.json artifact.
+    summary = report_data.get("summary") if isinstance(report_data.get("summary"), dict) else {}
+    parent.metrics = headline(summary, len(report_data["runs"]))
     if pool:
         parent.datasets.append((pool, "pool"))
 
     stages = _collect_stages(root, params, lock, hashes, excluded)
     comparisons = _collect_comparisons(root, params, report_file, report_data, pool)
-    return Lineage(digest=digest, tags=tags, parent=parent, stages=stages, comparisons=comparisons)
+    compare = params.get("compare") if isinstance(params.get("compare"), dict) else {}
+    aggregates = [RunRecord(key=f"aggregate/{row['method']}/b{row['budget']:g}",
+                            name=f"{row['method']} b{row['budget']:g} (mean of {row['params']['n_seeds']})",
+                            kind="aggregate", params=row["params"], metrics=row["metrics"])
+                  for row in aggregate_rows(summary, str(compare.get("baseline_method", "random")),
+                                            float(compare.get("confidence", 0.95)))]
+    return Lineage(digest=digest, tags=tags, parent=parent, stages=stages, comparisons=comparisons,
+                   aggregates=aggregates)
 
 
 def _collect_stages(root: Path, params: dict[str, Any], lock: Mapping[str, Any],
@@ -503,6 +519,26 @@ def resolve_uri(uri: str | None, root: str | Path) -> str:
     if uri:
         return uri
     return f"sqlite:///{Path(root).resolve() / 'mlruns.db'}"
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # `make mlflow-ui`
+
+
+def ui_links(uri: str, experiment_id: str) -> dict[str, str]:
+    """Deep links into the MLflow UI's runs table (MLflow 3's URL state: ``searchFilter``,
+    ``orderByKey``, ``orderByAsc``): the aggregates ranked by overall, and the per-seed runs. An
+    HTTP store is its own UI; a local store is browsed with ``make mlflow-ui``."""
+    from urllib.parse import quote
+
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    base = re.sub(r"//[^/@]*@", "//", base)  # never print credentials
+
+    def link(kind: str) -> str:
+        query = (f"searchFilter={quote(f'tags.`{KIND}` = {chr(39)}{kind}{chr(39)}', safe='')}"
+                 f"&orderByKey={quote('metrics.`overall`', safe='')}&orderByAsc=false")
+        return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+
+    return {"ranking": link("aggregate"), "seeds": link("comparison")}
 
 
 def redact_uri(uri: str) -> str:
@@ -755,7 +791,7 @@ def log_lineage(tracker: Tracker, lineage: Lineage, parent_run_id: str | None = 
         if tracker.client.get_run(parent_run_id).data.tags.get(PARENT_LOGGED) != digest:
             tracker.log(parent_run_id, lineage.parent)
             tracker.client.set_tag(parent_run_id, PARENT_LOGGED, digest)
-        children = lineage.stages + lineage.comparisons
+        children = lineage.stages + lineage.aggregates + lineage.comparisons
         for rec in tqdm(children, desc="mlflow runs", unit="run", disable=not progress):
             if rec.key in existing:
                 skipped[rec.key] = existing[rec.key]

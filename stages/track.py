@@ -25,6 +25,7 @@ from selfilter.tracking import (
     connect_config,
     log_lineage,
     redact_uri,
+    ui_links,
 )
 from stages._common import StageParser
 
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                        "experiment": cfg.experiment, "parent_run_id": result.parent_run_id,
                        "pipeline_digest": result.pipeline_digest, "runs_created": len(result.created),
                        "runs_skipped": len(result.skipped),
-                       "comparison_runs": len(lineage.comparisons), "stage_runs": len(lineage.stages)}
+                       "comparison_runs": len(lineage.comparisons), "stage_runs": len(lineage.stages),
+                       "aggregate_runs": len(lineage.aggregates),
+                       "links": ui_links(tracker.uri, tracker.experiment_id)}
     except TrackingUnavailable as e:
         print(f"track: error: {e}\n  nothing was logged and {args.out} was not written; fix the store "
               f"(tracking.uri / MLFLOW_TRACKING_URI) and rerun, or set tracking.enabled: false",
@@ -78,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"track: {summary['status']}" + (f" (parent run {summary['parent_run_id']}, "
           f"{summary['runs_created']} runs created, {summary['runs_skipped']} already there)"
           if "parent_run_id" in summary else ""), file=sys.stderr)
+    if "links" in summary:
+        print(f"track: methods ranked by overall (mean of seeds, with intervals): {summary['links']['ranking']}\n"
+              f"track: every seed's run: {summary['links']['seeds']}", file=sys.stderr)
     return 0
 
 

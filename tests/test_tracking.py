@@ -166,6 +166,23 @@ def test_log_lineage_parent_nested_runs_params_metrics_inputs(pipeline, store):
     assert {a.path for a in c.list_artifacts(result.parent_run_id, "pipeline")} >= {
         "pipeline/metrics.json", "pipeline/comparison.md", "pipeline/params.yaml", "pipeline/dvc.lock", "pipeline/plots"}
 
+    # one aggregate per (method, budget) of the summary, no seed param, logging the same mean; the
+    # parent logs a handful of headline metrics, not the flattened summary; no run has > 200
+    aggs = c.search_runs([tracker.experiment_id], "tags.`selfilter.kind` = 'aggregate'", max_results=1000)
+    summary = json.loads((pipeline / "reports/metrics.json").read_text())["summary"]["methods"]
+    assert {(r.data.params["method"], r.data.params["budget"]) for r in aggs} == {
+        (m, b) for m in summary for b in summary[m]}
+    for r in aggs:
+        assert "seed" not in r.data.params and r.data.tags[T.PARENT_TAG] == result.parent_run_id
+        mean = summary[r.data.params["method"]][r.data.params["budget"]]["metrics"]["overall"]["mean"]
+        assert r.data.metrics["overall"] == pytest.approx(mean) and r.data.metrics["n_seeds"] == 1
+        assert "overall_ci_low" not in r.data.metrics  # one seed: no interval, not a NaN
+    sf = next(r for r in aggs if r.data.params["method"] == "self_filter_scores" and r.data.params["budget"] == "0.15")
+    assert sf.data.metrics["gap_to_random"] == pytest.approx(-0.05) and "separated_from_random" not in sf.data.metrics
+    assert set(parent.data.metrics) == {"calibrated", "runs", "best_overall_b0.05", "best_overall_b0.15"}
+    every = c.search_runs([tracker.experiment_id], "", max_results=1000)
+    assert max(len(r.data.metrics) for r in every) <= 200
+
     s1 = c.search_runs([tracker.experiment_id], "tags.`selfilter.key` = 'stage/stage1'")[0]
     assert s1.data.tags[T.PARENT_TAG] == result.parent_run_id
     assert [m.value for m in c.get_metric_history(s1.info.run_id, "scores/loss")] == [2.0, 1.9, 1.8, 1.7, 1.6]
@@ -197,9 +214,10 @@ def test_interrupted_tracking_resumes_without_duplicates(pipeline, store, monkey
         T.log_lineage(tracker, lineage, progress=False)
     monkeypatch.setattr(T.Tracker, "log", real_log)
     result = T.log_lineage(tracker, lineage, progress=False)
-    assert len(result.skipped) == 3 and len(result.created) == len(lineage.stages) + N_COMPARED - 3
+    children = len(lineage.stages) + len(lineage.aggregates) + N_COMPARED
+    assert len(result.skipped) == 3 and len(result.created) == children - 3
     active = tracker.client.search_runs([tracker.experiment_id], "")
-    assert len(active) == 1 + len(lineage.stages) + N_COMPARED  # the half-logged child was replaced
+    assert len(active) == 1 + children  # the half-logged child was replaced
     assert all(r.info.status == "FINISHED" for r in active)
 
 
@@ -256,3 +274,15 @@ def test_deleted_experiment_is_reported_not_silently_recreated(store):
     tracker.client.delete_experiment(tracker.experiment_id)
     with pytest.raises(T.TrackingUnavailable, match="'gone' .* is deleted"):
         _tracker(store, "gone")
+
+
+def test_ui_links_rank_the_aggregates_and_never_print_credentials():
+    from urllib.parse import parse_qs, urlsplit
+
+    links = T.ui_links("http://user:secret@mlflow.example:5000/", "7")
+    assert "secret" not in links["ranking"] and links["ranking"].startswith("http://mlflow.example:5000/#/experiments/7/runs?")
+    query = parse_qs(urlsplit(links["ranking"].split("#", 1)[1]).query)
+    assert query == {"searchFilter": ["tags.`selfilter.kind` = 'aggregate'"], "orderByKey": ["metrics.`overall`"],
+                     "orderByAsc": ["false"]}
+    assert "comparison" in T.ui_links("sqlite:///mlruns.db", "1")["seeds"]
+    assert T.ui_links("sqlite:///mlruns.db", "1")["ranking"].startswith(T.LOCAL_UI)

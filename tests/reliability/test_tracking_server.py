@@ -88,7 +88,7 @@ def test_server_lineage_outage_and_recovery(tmp_path, server, monkeypatch, capsy
     again = json.loads((b / "metrics/tracking.json").read_text())
     after = snapshot(server.uri)  # raises on any duplicate key
     new = {k for k in after if k[0] == first["pipeline_digest"]}
-    expected = first["stage_runs"] + first["comparison_runs"] + 1
+    expected = first["stage_runs"] + first["aggregate_runs"] + first["comparison_runs"] + 1
     lost = expected - len(new)
     ledger("MLflow server down during track", "track (mlflow server)",
            f"one line, exit 1 in {down_s:.1f} s, other outputs unchanged; after restart {len(new)} runs added once",
@@ -124,7 +124,7 @@ def test_sigkill_mid_track_leaves_nothing_to_duplicate(tmp_path, server, ledger,
     assert done.returncode == 0, done.stderr
     summary = json.loads((root / "metrics/tracking.json").read_text())
     after = snapshot(server.uri, f"crash-{seed}")  # raises on a duplicate key
-    expected = summary["stage_runs"] + summary["comparison_runs"] + 1
+    expected = summary["stage_runs"] + summary["aggregate_runs"] + summary["comparison_runs"] + 1
     orphans = [k for k, v in after.items() if v["parent"] is None and k[1] != "pipeline"]
     lost = expected - len(after)
     ledger(f"SIGKILL after {count} runs created", "track (subprocess, mlflow server)",

@@ -369,7 +369,8 @@ def collect_lineage(root: str | Path, *, params_path: str | Path = "params.yaml"
 
     # Parent: the report, plots and the files that define the run.
     parent = RunRecord(key="pipeline", name=f"pipeline {digest[:8]}", kind="pipeline", tags=dict(tags))
-    for p in [report_file, report_file.parent / "comparison.md", params_file, root / "dvc.lock"]:
+    for p in [report_file, report_file.parent / "comparison.md", report_file.parent / "comparison.html",
+              params_file, root / "dvc.lock"]:
         if p.is_file():
             parent.artifacts.append((p, "pipeline"))
     for p in sorted((report_file.parent / "plots").glob("*.png")):

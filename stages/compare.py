@@ -7,7 +7,8 @@
 Writes ``reports/summary.json`` (the compact DVC metrics: per budget each method's overall mean and
 95% half-width, the winner, the calibration verdict, cost totals), ``reports/metrics.json`` (the
 full index: ``{"runs": [...manifest...], "summary": {...}}``),
-``reports/calibration.json``, ``reports/comparison.md``, ``reports/plots/*.png`` and the DVC
+``reports/calibration.json``, ``reports/comparison.md`` (and ``comparison.html``, the same with
+the plots embedded: MLflow's artifact preview shows it), ``reports/plots/*.png`` and the DVC
 plots data ``reports/plots/score_vs_budget.csv``. The calibration checks of the embedded testbed
 are written into the report first; then, with ``compare.fail_on_calibration``, a failed check
 makes the stage exit 1.
@@ -83,6 +84,9 @@ def _run(args: argparse.Namespace) -> int:
     write_json(out / "calibration.json", {"calibrated": report.calibrated, "status": report.calibration,
                                           "checks": report.checks})
     write_text(out / "comparison.md", markdown + "\n")
+    from selfilter.report.markdown import to_html
+
+    write_text(out / "comparison.html", to_html(markdown, out))
     print(f"compare: {len(report.runs)} runs, {len(summary['methods'])} methods -> {out}/comparison.md")
     for b, w in summary["winners"].items():
         tied = summary["ties"].get(b)

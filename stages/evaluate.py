@@ -38,8 +38,8 @@ from selfilter.config import ConfigError, load_section
 from selfilter.data.source import HELDOUT_FILE, read_source
 from selfilter.evaluation.config import HELDOUT_TASKS, EvaluateConfig, resolve_tasks
 from selfilter.evaluation.guard import EvaluationError
-from selfilter.selection.config import compared_methods
 from selfilter.io import file_digest, read_json, sidecar_path, write_json, write_sidecar
+from selfilter.selection.config import compared_methods
 from stages._common import StageParser
 
 

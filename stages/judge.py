@@ -22,13 +22,13 @@ from pathlib import Path
 
 from selfilter import needs
 from selfilter.config import load_section
-from selfilter.data.source import read_source
 from selfilter.data.records import load_records
+from selfilter.data.source import read_source
 from selfilter.io import read_jsonl, write_json, write_parquet, write_sidecar
 from selfilter.judge import build_backend, judge_records
 from selfilter.judge.annotation import index_scenes
-from selfilter.judge.run import ratings_table
 from selfilter.judge.config import JudgeConfig
+from selfilter.judge.run import ratings_table
 from stages._common import StageParser, run_stage
 
 log = logging.getLogger("judge")

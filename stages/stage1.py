@@ -18,9 +18,9 @@ import shutil
 import time
 from pathlib import Path
 
+from selfilter import needs
 from selfilter.config import load_section
 from selfilter.training.config import Stage1Config
-from selfilter import needs
 from stages._common import StageParser, run_stage
 
 log = logging.getLogger("stage1")
@@ -51,7 +51,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from selfilter.data.encode import ChatEncoder, EncodedDataset
     from selfilter.data.records import load_records
-    from selfilter.io import atomic_path, write_json, write_parquet, write_sidecar, write_text
+    from selfilter.io import (
+        atomic_path,
+        write_json,
+        write_parquet,
+        write_sidecar,
+        write_text,
+    )
     from selfilter.models.loading import load_vlm
     from selfilter.training.loop import make_accelerator, remove_checkpoint
     from selfilter.training.stage1 import cotrain, difficulty_table, setting_features

@@ -27,7 +27,9 @@ from selfilter.report.calibration import (
 )
 from selfilter.report.config import CompareConfig
 from selfilter.report.markdown import render_markdown
+from selfilter.report.metric_info import metric_range
 from selfilter.report.stats import (
+    clip_interval,
     min_detectable_difference,
     pooled_std,
     ranks,
@@ -96,13 +98,18 @@ def summarize(runs: Sequence[Run], cfg: CompareConfig,
     ref = [g for (m, _), g in groups.items() if m == cfg.reference_method]
     ref_overall = seed_stats([r.metrics["overall"] for r in ref[0]], cfg.confidence)["mean"] if ref else float("nan")
     rows: dict[str, dict[str, Any]] = defaultdict(dict)
+    # overall is a mean of the tasks' primary metrics: a rate when every one of them is
+    primaries = {f"{k.split('/', 1)[0]}/{cfg.primary_metrics.get(k.split('/', 1)[0], '')}"
+                 for r in runs for k in r.metrics if "/" in k and k.split("/", 1)[0] not in cfg.diagnostic_tasks}
+    overall_range = (0.0, 1.0) if primaries and all(metric_range(k) for k in primaries) else None
     for (method, budget), group in groups.items():
         keys = sorted(set().union(*(r.metrics for r in group)))
         entry: dict[str, Any] = {
             "control": any(r.control for r in group),
             "seeds": [r.seed for r in group],
             "n_selected": group[0].n_selected,
-            "metrics": {k: seed_stats([r.metrics[k] for r in group if k in r.metrics], cfg.confidence) for k in keys},
+            "metrics": {k: clip_interval(seed_stats([r.metrics[k] for r in group if k in r.metrics], cfg.confidence),
+                                         overall_range if k == "overall" else metric_range(k)) for k in keys},
         }
         entry["relative_to_full"] = relative_to(entry["metrics"]["overall"]["mean"], ref_overall)
         if kind_by_uid is not None and all(r.uids is not None for r in group):

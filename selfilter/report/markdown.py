@@ -18,7 +18,7 @@ from selfilter.report.calibration import (
     calibration_status,
 )
 from selfilter.report.config import CompareConfig
-from selfilter.report.notes import better
+from selfilter.report.metric_info import better
 from selfilter.report.stats import welch
 
 
@@ -27,6 +27,8 @@ def _pm(s: Mapping[str, float] | None, digits: int = 3) -> str:
         return "-"
     if not math.isfinite(s.get("half_width", float("nan"))):
         return f"{s['mean']:.{digits}f} (n={s['n']})"
+    if s.get("clipped"):  # the t-interval left the metric's range: show the part inside it
+        return f"{s['mean']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
     return f"{s['mean']:.{digits}f} ± {s['half_width']:.{digits}f}"
 
 
@@ -237,3 +239,28 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def to_html(markdown_text: str, folder: Path) -> str:
+    """comparison.md as one self-contained HTML page: tables rendered, every plot embedded as a
+    data URI (relative image paths are read from ``folder``), so MLflow's artifact preview and a
+    browser show the pictures without the plots folder."""
+    import base64
+    import re
+
+    import markdown as md
+
+    def embed(m: re.Match) -> str:
+        src = Path(folder) / m.group(2)
+        if not src.is_file():
+            return m.group(0)
+        data = base64.b64encode(src.read_bytes()).decode("ascii")
+        return f"![{m.group(1)}](data:image/png;base64,{data})"
+
+    body = md.markdown(re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", embed, markdown_text), extensions=["tables"])
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45}"
+             "table{border-collapse:collapse;font-size:0.85em;display:block;overflow-x:auto}"
+             "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;white-space:nowrap}"
+             "img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Data selection comparison</title>"
+            f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")

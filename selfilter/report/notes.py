@@ -9,17 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from selfilter.report.budgets import budget_label
+from selfilter.report.metric_info import better
 from selfilter.report.stats import EQUAL
-
-# Metric names whose smaller value is better (hallucination rates, losses); every other metric
-# the pipeline reports (accuracy, exact match, F1, answer probability) is higher-is-better.
-LOWER_IS_BETTER = ("chair", "nll", "loss", "error", "hallucination")
-
-
-def better(metric: str) -> str:
-    """'lower is better' or 'higher is better' for a ``task/metric`` key (or ``overall``)."""
-    name = metric.rsplit("/", 1)[-1].lower()
-    return "lower is better" if any(w in name for w in LOWER_IS_BETTER) else "higher is better"
 
 
 def anomaly_notes(summary: Mapping[str, Any]) -> list[str]:

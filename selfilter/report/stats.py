@@ -111,3 +111,16 @@ def welch(a: Mapping[str, float], b: Mapping[str, float], confidence: float = 0.
     dof = se2 ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
     p = float(2 * _st.t.sf(abs(diff) / math.sqrt(se2), dof))
     return {**out, "p": p, "dof": dof, "separated": p < 1 - confidence}
+
+
+def clip_interval(stats: Mapping[str, float], bounds: tuple[float, float] | None) -> dict[str, Any]:
+    """``stats`` with its interval cut to ``bounds`` (the metric's range) and ``clipped`` saying
+    whether it was. The mean, std and n - what the tests read - are unchanged: the t-interval
+    over a few seeds of a rate near 0 or 1 reaches outside [0, 1], and the part outside is
+    impossible, not uncertain."""
+    out = dict(stats, clipped=False)
+    if bounds is None or not math.isfinite(stats["ci_low"]):
+        return out
+    lo, hi = max(bounds[0], stats["ci_low"]), min(bounds[1], stats["ci_high"])
+    out.update(ci_low=lo, ci_high=hi, clipped=(lo, hi) != (stats["ci_low"], stats["ci_high"]))
+    return out

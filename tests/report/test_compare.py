@@ -193,10 +193,12 @@ def test_compare_stage_writes_everything_then_fails_on_calibration(tmp_path):
             "--judge-usage", str(grid / "judge/usage.json"), "--out", str(tmp_path / "reports")]
     assert main(args) == 1
     out = tmp_path / "reports"
-    for f in ["metrics.json", "summary.json", "calibration.json", "comparison.md", "plots/score_vs_budget.png",
+    for f in ["metrics.json", "summary.json", "calibration.json", "comparison.md", "comparison.html", "plots/score_vs_budget.png",
               "plots/score_vs_budget.csv", "plots/metrics_b0.05.png", "plots/metrics_b0.15.png"]:
         assert (out / f).is_file(), f
     assert json.loads((out / "calibration.json").read_text())["calibrated"] is False
+    html = (out / "comparison.html").read_text()  # MLflow previews it: plots embedded, tables rendered
+    assert html.count('src="data:image/png;base64,') == 3 and "<table>" in html and "plots/" not in html
     params.write_text("compare:\n  fail_on_calibration: false\n")
     assert main(args) == 0
 

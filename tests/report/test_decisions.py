@@ -143,3 +143,23 @@ def test_a_selector_that_picks_only_known_imperfect_records_is_noted(tmp_path):
         pd.DataFrame({"rank": range(3), "uid": [10, 11, 12], "score": [0.0] * 3}).to_parquet(trace)
     md = _report(grid).markdown()
     assert "self_filter_scores at 15%: every pick (3 of 3) is a known imperfect record" in md
+
+
+def test_intervals_stay_inside_each_metrics_range(tmp_path):
+    from selfilter.report.metric_info import metric_range
+
+    # seeds score 0.98, 0.99, 1.00: the t-interval reaches 1.015, which no accuracy can
+    grid = build_grid(tmp_path, grid={**GRID, "random": (False, (0.05, 0.15), 0.98)})
+    report = _report(grid)
+    checked = 0
+    for per in report.summary["methods"].values():
+        for g in per.values():
+            for k, s in g["metrics"].items():
+                rng = (0.0, 1.0) if k == "overall" else metric_range(k)
+                if rng and s["n"] > 1:
+                    assert rng[0] <= s["ci_low"] <= s["mean"] <= s["ci_high"] <= rng[1], (k, s)
+                    checked += 1
+    assert checked > 20
+    o = report.summary["methods"]["random"]["0.15"]["metrics"]["overall"]
+    assert o["clipped"] and o["ci_high"] == 1.0 and o["half_width"] > 0.02  # the test still uses the spread
+    assert "| random | 3 | 0.990 [0.965, 1.000] |" in report.markdown()

@@ -143,7 +143,14 @@ def assemble_llava(vision_tower: PreTrainedModel, language_model: PreTrainedMode
     torch.manual_seed(seed)
     projector = LlavaMultiModalProjector(config)
     if projector_state is not None:
-        projector.load_state_dict(_projector_keys(projector_state))
+        state = _projector_keys(projector_state)
+        got = {k: tuple(v.shape) for k, v in sorted(state.items())}
+        want = {k: tuple(v.shape) for k, v in sorted(projector.state_dict().items())}
+        if got != want:  # load_state_dict's size-mismatch error names neither side's model
+            raise ValueError(f"projector weights of shapes {got} do not fit this vision tower (hidden size "
+                             f"{vcfg.hidden_size}) and language model (hidden size {tcfg.hidden_size}): expected "
+                             f"{want}; use the projector trained for this CLIP + LM pair")
+        projector.load_state_dict(state)
     dtype = next(language_model.parameters()).dtype
     model.model.multi_modal_projector = projector.to(dtype)
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
@@ -215,10 +222,15 @@ def load_pretrained_base(*, clip: str, model: str | None = None, language_model:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     state = _read_state(projector) if projector else None
-    vlm, processor = assemble_llava(
-        vision_only(clip_model), lm, {"tokenizer": tokenizer, "image_processor": clip_processor.image_processor},
-        vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=vision_feature_select_strategy,
-        projector_state=state, seed=seed)
+    try:
+        vlm, processor = assemble_llava(
+            vision_only(clip_model), lm, {"tokenizer": tokenizer, "image_processor": clip_processor.image_processor},
+            vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=vision_feature_select_strategy,
+            projector_state=state, seed=seed)
+    except ValueError as e:
+        if not projector:
+            raise
+        raise ValueError(f"{projector}: {e}") from None
     return clip_model, clip_processor, vlm, processor
 
 

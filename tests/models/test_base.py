@@ -1,4 +1,5 @@
 """The base stage's pieces on small synthetic captions, and the pretrained-source path."""
+import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -137,3 +138,33 @@ def test_alignment_trains_the_lm_only_when_asked(tiny_llava_dir):
 
     assert changed(False) == {"projector": True, "lm": False, "vision": False}
     assert changed(True) == {"projector": True, "lm": True, "vision": False}
+
+
+def test_the_gpu_profiles_parts_load_by_path_as_llava_15(tmp_path):
+    """CLIP + Llama + LLaVA-1.5's mm_projector.bin, as profiles/gpu-llava7b.yaml names them."""
+    from tiny_checkpoints import make_tiny_llava_parts
+
+    parts = make_tiny_llava_parts(tmp_path)
+    clip, _, vlm, proc = load_pretrained_base(clip=str(parts["clip"]), language_model=str(parts["language_model"]),
+                                              projector=str(parts["projector"]), vision_feature_layer=-2)
+    state = torch.load(parts["projector"], weights_only=True)
+    assert torch.equal(projector_of(vlm).linear_1.weight, state["model.mm_projector.0.weight"])
+    assert torch.equal(projector_of(vlm).linear_2.bias, state["model.mm_projector.2.bias"])
+    from PIL import Image
+
+    prompt = proc.tokenizer.apply_chat_template([{"role": "user", "content": "<image>\nWhat?"}],
+                                                add_generation_prompt=True, tokenize=False)
+    inputs = proc(images=[Image.new("RGB", (32, 32))], text=prompt, return_tensors="pt")
+    assert vlm.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_a_projector_of_other_dimensions_is_a_clear_error(tmp_path):
+    from tiny_checkpoints import make_tiny_llava_parts
+
+    parts = make_tiny_llava_parts(tmp_path)
+    torch.save({"model.mm_projector.0.weight": torch.zeros(128, 1024), "model.mm_projector.0.bias": torch.zeros(128),
+                "model.mm_projector.2.weight": torch.zeros(128, 128), "model.mm_projector.2.bias": torch.zeros(128)},
+               tmp_path / "other.bin")
+    with pytest.raises(ValueError, match=r"other.bin.*1024.*64"):
+        load_pretrained_base(clip=str(parts["clip"]), language_model=str(parts["language_model"]),
+                             projector=str(tmp_path / "other.bin"))

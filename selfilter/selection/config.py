@@ -29,6 +29,7 @@ class SelectConfig(Section):
     coincide_clusters: int = Field(default=100, ge=1)  # coincide: spherical k-means clusters on activations
     coincide_temperature: float = Field(default=0.1, gt=0)  # coincide: softmax temperature of cluster shares
     coincide_kernel_width: float = Field(default=1.0, gt=0)  # coincide: Gaussian kernel sigma (density, MMD)
+    guard_fence: float = Field(default=1.5, gt=0)  # self_filter_guarded: Tukey fence Q3 + k*IQR on difficulty
 
     @field_validator("budgets")
     @classmethod

@@ -14,6 +14,7 @@ import numpy as np
 
 from selfilter.selection import baselines, field
 from selfilter.selection.greedy import diverse_greedy
+from selfilter.selection.guard import guarded_greedy
 
 # Input names a method may declare.
 DIFFICULTY_SCORES = "difficulty:scores"  # stage-1 difficulty, scores setting  [N] float
@@ -90,6 +91,7 @@ class SelectOptions:
     coincide_clusters: int = 100
     coincide_temperature: float = 0.1
     coincide_kernel_width: float = 1.0
+    guard_fence: float = 1.5
     show_progress: bool = False
 
 
@@ -155,6 +157,13 @@ def _self_filter(difficulty_input: str, *, no_div: bool = False, easiest: bool =
     return select
 
 
+def _guarded(inputs: SelectionInputs, budget_n: int, seed: int, o: SelectOptions) -> Picked:
+    res = guarded_greedy(inputs.get(DIFFICULTY_CLIP).astype(np.float64), inputs.get(FEATURES), budget_n,
+                         fence=o.guard_fence, k_nearest=o.k_nearest, gamma=o.gamma, penalty=o.penalty,
+                         device=o.device, backend=o.backend, precision=o.precision, show_progress=o.show_progress)
+    return Picked(res.indices, res.scores, dict(res.stats))
+
+
 def _unscored(indices: np.ndarray) -> Picked:
     return Picked(indices, np.full(len(indices), np.nan))
 
@@ -209,6 +218,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("self_filter_easiest", (DIFFICULTY_CLIP, *_SF), _self_filter(DIFFICULTY_CLIP, easiest=True),
            "ablation: clip-setting difficulty negated (easiest first), same penalty rule",
            deterministic=True, options=_PENALTY_OPTIONS),
+    Method("self_filter_guarded", (DIFFICULTY_CLIP, *_SF), _guarded,
+           "beyond the paper: clip-setting Self-Filter after setting aside difficulty outliers "
+           "(Tukey's upper fence, select.guard_fence) - the records that look broken",
+           deterministic=True, options=(*_PENALTY_OPTIONS, "guard_fence")),
     Method("random", (), lambda i, n, s, o: _unscored(baselines.random_select(i.n_pool, n, s)),
            "uniform sample without replacement"),
     Method("el2n", (EL2N,), lambda i, n, s, o: _scored(i.get(EL2N), n, s),

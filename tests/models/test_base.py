@@ -145,7 +145,7 @@ def test_the_gpu_profiles_parts_load_by_path_as_llava_15(tmp_path):
     from tiny_checkpoints import make_tiny_llava_parts
 
     parts = make_tiny_llava_parts(tmp_path)
-    clip, _, vlm, proc = load_pretrained_base(clip=str(parts["clip"]), language_model=str(parts["language_model"]),
+    _, _, vlm, proc = load_pretrained_base(clip=str(parts["clip"]), language_model=str(parts["language_model"]),
                                               projector=str(parts["projector"]), vision_feature_layer=-2)
     state = torch.load(parts["projector"], weights_only=True)
     assert torch.equal(projector_of(vlm).linear_1.weight, state["model.mm_projector.0.weight"])

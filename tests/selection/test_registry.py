@@ -34,7 +34,7 @@ def test_unknown_method_lists_the_valid_names():
 
 def test_names_and_the_control_flag():
     assert set(reg.METHODS) == {"self_filter_scores", "self_filter_clip", "self_filter_nodiv",
-                                "self_filter_easiest", "random", "el2n", "alpagasus",
+                                "self_filter_easiest", "self_filter_guarded", "random", "el2n", "alpagasus",
                                 "prototypicality", "full", "oracle_clean",
                                 "clip_score", "semdedup", "ifd", "coincide", "less"}
     assert [m.name for m in reg.METHODS.values() if m.control] == ["oracle_clean"]

@@ -303,13 +303,15 @@ class Report:
     cfg: CompareConfig
     left_out: dict[str, str] = field(default_factory=dict)  # part -> why it did not run on this data
     benchmark: dict[str, Any] | None = None                 # evals/benchmark.json: what was measured
+    notes: list[str] = field(default_factory=list)          # what the pipeline could not check, and why
 
     def markdown(self, plots: Sequence[str] = ()) -> str:
         """comparison.md; ``plots`` are image paths relative to it."""
         from selfilter.report.notes import anomaly_notes
 
         return render_markdown(self.summary, self.qtypes, self.checks, self.costs, self.recipe, self.cfg, plots,
-                               left_out=self.left_out, benchmark=self.benchmark, notes=anomaly_notes(self.summary))
+                               left_out=self.left_out, benchmark=self.benchmark,
+                               notes=[*anomaly_notes(self.summary), *self.notes])
 
     @property
     def calibration(self) -> str:
@@ -371,7 +373,9 @@ def build_report(selections: Path, runs: Path, evals: Path, cfg: CompareConfig, 
     base = load_base_overall(Path(evals), cfg.primary_metrics, cfg.diagnostic_tasks)
     checks = calibration_checks(summary, qtypes, cfg, left_out=left_out, base=base)
     costs = judge_costs(usage if usage and "left_out" not in usage else None, summary["methods"], cfg)
-    return Report(run_list, summary, qtypes, checks, costs, recipe_of(run_list), cfg, left_out, benchmark)
+    notes = [f"The base model before fine-tuning could not be scored on this benchmark ({base}): whether "
+             "fine-tuning moves the benchmark is not checked."] if isinstance(base, str) else []
+    return Report(run_list, summary, qtypes, checks, costs, recipe_of(run_list), cfg, left_out, benchmark, notes)
 
 
 BASE_EVAL = "_base"  # evals/_base: the base model before fine-tuning (stages/evaluate.py BASE_DIR)

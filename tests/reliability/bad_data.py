@@ -77,6 +77,8 @@ def make_pool(root: Path, n: int = 50_000, bad_share: float = 0.05, unique_image
             rec["conversations"][1]["value"] = 7
         elif reason == "no_answer_turn":
             rec["conversations"] = rec["conversations"][:1]
+        elif reason == "answer_empty":
+            rec["conversations"][1]["value"] = " \n\t "  # whitespace only: nothing to learn from
         elif reason == "image_placeholder_multiple":
             rec["conversations"][1]["value"] = "<image> and <image>"
         elif reason == "image_path_invalid":

@@ -23,6 +23,8 @@ from selfilter.report.gate import EXIT, failed_checks, status_of
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reports", default="reports", help="the compare stage's folder (default: %(default)s)")
+    p.add_argument("--tracking", default="metrics/tracking.json",
+                   help="the track stage's summary: the MLflow deep links (default: %(default)s)")
     p.add_argument("--mlflow", default=None,
                    help="tracking URI to point at (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
 
@@ -64,5 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if plots:
         print(f"Plots:   {reports / 'plots'}/ ({', '.join(plots)})")
     print(f"MLflow:  {uri}  (browse: make mlflow-ui)")
+    links = read_json(args.tracking).get("links") if Path(args.tracking).is_file() else None
+    if links:
+        print(f"         methods ranked by overall: {links['ranking']}")
     print("DVC:     dvc metrics show   |   dvc exp show --only-changed")
     return EXIT[status]

@@ -29,6 +29,17 @@ def test_prints_the_winner_per_budget_and_where_things_are(tmp_path, capsys):
     assert len(out.splitlines()) < 25  # a screen, not a report
 
 
+def test_prints_the_mlflow_ranking_link_when_tracked(tmp_path, capsys):
+    import json
+
+    reports = _compare(tmp_path, GRID)
+    tracking = tmp_path / "tracking.json"
+    tracking.write_text(json.dumps({"links": {"ranking": "http://127.0.0.1:5000/#/experiments/1/runs?x", "seeds": "s"}}))
+    capsys.readouterr()
+    cli(["verdict", "--reports", str(reports), "--tracking", str(tracking)])
+    assert "methods ranked by overall: http://127.0.0.1:5000/#/experiments/1/runs?x" in capsys.readouterr().out
+
+
 def test_exits_1_naming_the_failed_check_when_not_calibrated(tmp_path, capsys):
     reports = _compare(tmp_path, {**GRID, "full": (False, (1.0,), 0.515)})
     capsys.readouterr()

@@ -6,6 +6,7 @@ traceback), and leave the folder as it was (the previous outputs stay usable).""
 from __future__ import annotations
 
 import copy
+import json
 import importlib
 import shlex
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_bad_param_is_one_line_naming_the_key(tmp_path, capsys, monkeypatch, led
 
 
 # the first input each stage reads; track opens its MLflow store (mlruns.db) before any input
-MISSING = {"judge": "data/pool/records.jsonl", "select": "data/pool/records.jsonl",
+MISSING = {"judge": "data/pool/source.json",  # the judge reads what the data has first
+           "select": "data/pool/records.jsonl",
            "features": "data/pool/records.jsonl", "finetune": "selections", "track": "reports/metrics.json"}
 
 
@@ -124,7 +126,9 @@ def test_unwritable_output_folder_is_one_line_and_keeps_old_outputs(tmp_path, ca
     params = _set(PARAMS, "judge.backend", "annotation")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_records(tmp_path / "records.jsonl")
-    (tmp_path / "scenes.jsonl").write_text("")
+    # real scene annotations: with none the judge refuses before writing (it never rates a constant)
+    (tmp_path / "scenes.jsonl").write_text("".join(
+        json.dumps({"image": f"{i}.png", "objects": [{"shape": "circle", "color": "red"}]}) + "\n" for i in range(12)))
     (tmp_path / "blocker").write_text("a file where the output folder should go")
     argv = ["--params", "params.yaml", "--records", "records.jsonl", "--scenes", "scenes.jsonl",
             "--out", "blocker/judge", "--no-progress"]

@@ -69,6 +69,9 @@ class ShapesConfig(Section):
     pool_size: int = Field(4000, ge=1)
     image_size: int = Field(32, ge=24, le=128)
     max_objects: int = Field(6, ge=1, le=9)
+    # 0: scenes of 1..max_objects objects equally often (the default pool). > 0: mostly 1-2
+    # objects and a thin tail of crowded, hard scenes (shapes.object_count_weights); benchmark uniform.
+    difficulty_skew: float = Field(0.0, ge=0, le=5)
     categories: CategoryMix = CategoryMix()
     imperfections: ImperfectionRates = ImperfectionRates()
     bench: BenchSizes = BenchSizes()

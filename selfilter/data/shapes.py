@@ -65,6 +65,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import shutil
@@ -628,10 +629,30 @@ def _exact_counts(n: int, shares: dict[str, float]) -> dict[str, int]:
     return counts
 
 
+def object_count_weights(max_objects: int, skew: float) -> list[float]:
+    """P(a training scene has k objects), k = 1..max_objects: proportional to exp(-skew * (k-1)).
+
+    ``skew`` 0 is uniform (the default pool); 0.8 with 6 objects puts 55% of scenes at one object
+    and 4.6% at five or six - a thin tail of crowded scenes, as machine-made instruction data is
+    mostly easy, redundant samples with a few hard ones. The benchmarks stay uniform."""
+    w = [math.exp(-skew * k) for k in range(max_objects)]
+    return [x / sum(w) for x in w]
+
+
+def _object_count(rng: random.Random, max_objects: int, skew: float) -> int:
+    if skew == 0:
+        return rng.randint(1, max_objects)  # the default pool's exact random stream
+    return rng.choices(range(1, max_objects + 1), weights=object_count_weights(max_objects, skew))[0]
+
+
 def generate_pool(seed: int, pool_size: int, image_size: int = 32, max_objects: int = 6,
                   categories: dict[str, float] | None = None,
-                  rates: dict[str, float] | None = None, progress: bool = False) -> list[Sample]:
-    """The training pool, in its final (shuffled) order."""
+                  rates: dict[str, float] | None = None, progress: bool = False,
+                  difficulty_skew: float = 0.0) -> list[Sample]:
+    """The training pool, in its final (shuffled) order. ``difficulty_skew``: see
+    :func:`object_count_weights`."""
+    if difficulty_skew < 0:
+        raise ValueError(f"difficulty_skew must be >= 0, got {difficulty_skew}")
     categories = categories or {"conversation": 0.5, "detail": 0.2, "reasoning": 0.3}
     rates = rates or {"wrong_answer": 0.25, "near_duplicate": 0.10, "low_information": 0.10, "truncated": 0.05}
     unknown = set(rates) - set(KINDS)
@@ -652,7 +673,7 @@ def generate_pool(seed: int, pool_size: int, image_size: int = 32, max_objects: 
 
     base: list[Sample] = []
     for kind, category in tqdm(list(zip(kinds, cats)), desc="shapes pool", unit="sample", disable=not progress):
-        objects = sample_split_scene(rng, image_size, rng.randint(1, max_objects), held_out=False)
+        objects = sample_split_scene(rng, image_size, _object_count(rng, max_objects, difficulty_skew), held_out=False)
         qas = sample_qas(objects, category, rng, wrong=kind == "wrong_answer", image_size=image_size)
         for _ in range(20 if kind == "truncated" else 0):
             # a one-character answer ("3") cannot be cut: redraw so truncation changes every answer
@@ -838,9 +859,10 @@ def caption_pairs(seed: int, n: int, image_size: int = 32, max_objects: int = 6)
 
 def build_files(seed: int, pool_size: int, image_size: int = 32, max_objects: int = 6, *,
                 categories: dict[str, float] | None = None, rates: dict[str, float] | None = None,
-                bench: dict[str, int] | None = None, progress: bool = False) -> dict[str, bytes]:
+                bench: dict[str, int] | None = None, progress: bool = False,
+                difficulty_skew: float = 0.0) -> dict[str, bytes]:
     """Every output file as ``relative path -> bytes`` (pure: no file system)."""
-    pool = generate_pool(seed, pool_size, image_size, max_objects, categories, rates, progress)
+    pool = generate_pool(seed, pool_size, image_size, max_objects, categories, rates, progress, difficulty_skew)
     records = pool_records(pool)
     files: dict[str, bytes] = {}
     scenes = []
@@ -902,7 +924,7 @@ def write_dataset(out: str | Path, cfg: Any, progress: bool = True) -> dict[str,
     """Generate from a ``ShapesConfig`` and write it to ``out``; return counts."""
     files = build_files(cfg.seed, cfg.pool_size, cfg.image_size, cfg.max_objects,
                         categories=cfg.categories.model_dump(), rates=cfg.imperfections.model_dump(),
-                        bench=cfg.bench.model_dump(), progress=progress)
+                        bench=cfg.bench.model_dump(), progress=progress, difficulty_skew=cfg.difficulty_skew)
     kinds = Counter(json.loads(line)["kind"] for line in files["imperfections.jsonl"].decode().splitlines())
     meta = {
         "artifact": "shapes",

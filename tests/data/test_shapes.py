@@ -383,3 +383,56 @@ def test_prepare_llava_source_and_image_dir_mismatch(tmp_path, capsys):
     capsys.readouterr()
     assert prepare_main(args) == 2
     assert "data.image_dir" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- difficulty skew
+
+
+def test_default_generator_reproduces_the_locked_pool_bytes():
+    """The regime knobs' defaults leave the embedded pool byte for byte what dvc.lock recorded
+    (checked against the lock, not against this code's own output)."""
+    import hashlib
+    from pathlib import Path
+
+    import yaml
+
+    from selfilter.data.config import DataConfig
+
+    root = Path(__file__).resolve().parents[2]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    locked = [d for stage in lock["stages"].values() for d in stage.get("deps", [])
+              if d["path"] == "data/shapes/train.json"]
+    assert locked, "dvc.lock has no data/shapes/train.json dependency"
+    cfg = DataConfig(**yaml.safe_load((root / "params.yaml").read_text())["data"]).shapes
+    assert cfg.difficulty_skew == 0
+    files = S.build_files(cfg.seed, cfg.pool_size, cfg.image_size, cfg.max_objects,
+                          categories=cfg.categories.model_dump(), rates=cfg.imperfections.model_dump(),
+                          bench=cfg.bench.model_dump(), difficulty_skew=cfg.difficulty_skew)
+    assert hashlib.md5(files["train.json"]).hexdigest() == locked[0]["md5"]
+
+
+def test_skew_thins_crowded_training_scenes_and_leaves_the_benchmark_uniform():
+    n = 3000
+    skewed = Counter(len(s.objects) for s in S.generate_pool(7, n, difficulty_skew=0.8,
+                                                             rates={"wrong_answer": 0.0, "near_duplicate": 0.0,
+                                                                    "low_information": 0.0, "truncated": 0.0}))
+    uniform = Counter(len(s.objects) for s in S.generate_pool(7, n, rates={
+        "wrong_answer": 0.0, "near_duplicate": 0.0, "low_information": 0.0, "truncated": 0.0}))
+    # independent of object_count_weights: exp(-0.8 k), normalised, written out
+    z = sum(2.718281828459045 ** (-0.8 * k) for k in range(6))
+    for k in range(1, 7):
+        expected = n * 2.718281828459045 ** (-0.8 * (k - 1)) / z
+        assert abs(skewed[k] - expected) < 4 * expected ** 0.5 + 3, (k, skewed[k], expected)
+        assert abs(uniform[k] - n / 6) < 4 * (n / 6) ** 0.5, (k, uniform[k])
+    assert skewed[5] + skewed[6] < 0.07 * n < uniform[5] + uniform[6]
+    # the benchmark is generated from its own stream: the same questions whatever the skew
+    a = S.build_files(seed=3, pool_size=300, **SMALL)
+    b = S.build_files(seed=3, pool_size=300, difficulty_skew=1.0, **SMALL)
+    assert a["train.json"] != b["train.json"]
+    for name in ("vqa", "count", "desc", "binding"):
+        assert a[f"bench/{name}.jsonl"] == b[f"bench/{name}.jsonl"], name
+
+
+def test_negative_skew_is_refused():
+    with pytest.raises(ValueError, match="difficulty_skew"):
+        S.generate_pool(1, 10, difficulty_skew=-1)

@@ -12,12 +12,16 @@ from the annotation what the answer should be, compare, and rate the whole sampl
 - Cut-off answers and uninformative ones ("I am not sure.") rate low whatever else is true.
 
 It never reads the imperfection labels; it sees only the record and the scene annotation.
+With ``judge.annotation.view: caption`` it sees less: a caption's partial, sometimes wrong
+summary of the scene (:func:`caption_view`), as a GPT judge of LLaVA data reads captions that
+omit objects - so it also misjudges correct answers about what the caption left out.
 The reply is formatted like an LLM judge's ("<score>\\n<explanation>") and goes through the
 same parser as the ``openai`` backend.
 """
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -315,11 +319,38 @@ def explanation(v: Verdict) -> str:
     return " ".join([head, *(f"Found {n}." for n in v.notes[:5])])
 
 
-class AnnotationJudge:
-    """Rates records against their scene annotations; optional seeded Gaussian noise."""
+def caption_view(scene: dict[str, Any], recall: float, error: float, seed: int) -> dict[str, Any]:
+    """The scene as a caption-reading judge knows it: each object kept with probability
+    ``recall`` (at least one, as a caption names something), and a kept object's colour or shape
+    replaced by another seen in the scene set with probability ``error``. Seeded by the image
+    path, so a picture reads the same in every record and every run."""
+    objects = list(scene.get("objects", []))
+    rng = np.random.default_rng([seed, zlib.crc32(str(scene.get("image", "")).encode("utf-8"))])
+    keep = [o for o in objects if rng.random() < recall]
+    if objects and not keep:
+        keep = [objects[int(rng.integers(len(objects)))]]
+    seen = []
+    for o in keep:
+        o = dict(o)
+        if rng.random() < error:
+            attr = "color" if rng.random() < 0.5 else "shape"
+            others = sorted((CAPTION_COLORS if attr == "color" else CAPTION_SHAPES) - {o.get(attr)})
+            o[attr] = others[int(rng.integers(len(others)))]
+        seen.append(o)
+    return {**scene, "objects": seen}
 
-    def __init__(self, noise: float = 0.0, seed: int = 0):
-        self.noise, self.seed = noise, seed
+
+# The attribute values a mistaken caption names instead (the shapes generator's own).
+CAPTION_COLORS = {"red", "green", "blue", "yellow", "white"}
+CAPTION_SHAPES = {"circle", "square", "triangle"}
+
+
+class AnnotationJudge:
+    """Rates records against their scene annotations (or a caption's partial view of them,
+    ``caption=(recall, error)``); optional seeded Gaussian noise."""
+
+    def __init__(self, noise: float = 0.0, seed: int = 0, caption: tuple[float, float] | None = None):
+        self.noise, self.seed, self.caption = noise, seed, caption
         self.usage: dict[str, int] = {"records": 0, "no_scene": 0, "claims_checked": 0, "claims_contradicted": 0}
 
     def respond(self, records: Sequence[dict[str, Any]], scenes: dict[str, dict[str, Any]],
@@ -341,6 +372,8 @@ class AnnotationJudge:
                 self.usage["no_scene"] += 1
                 replies.append(None)  # unparseable -> the mean, counted like an LLM's refusal
                 continue
+            if self.caption is not None:
+                scene = caption_view(scene, *self.caption, seed=self.seed)
             v = judge_sample(r["conversations"], Scene(scene, colors, shapes))
             self.usage["claims_checked"] += v.correct + v.wrong
             self.usage["claims_contradicted"] += v.wrong
@@ -354,7 +387,9 @@ class AnnotationJudge:
 
     def usage_report(self) -> dict[str, Any]:
         # No endpoint, no tokens: the counts keep usage.json's schema for the cost report.
-        return {"backend": "annotation", "noise": self.noise, "requests": 0, "cache_hits": 0,
+        view = {"view": "caption", "caption_recall": self.caption[0], "caption_error": self.caption[1]} \
+            if self.caption is not None else {"view": "scene"}
+        return {"backend": "annotation", "noise": self.noise, **view, "requests": 0, "cache_hits": 0,
                 "prompt_tokens": 0, "completion_tokens": 0, **self.usage}
 
 

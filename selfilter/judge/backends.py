@@ -12,7 +12,9 @@ from selfilter.judge.config import JudgeConfig
 def _annotation(cfg: JudgeConfig, **_: Any):
     from selfilter.judge.annotation import AnnotationJudge
 
-    return AnnotationJudge(noise=cfg.annotation.noise, seed=cfg.annotation.seed)
+    a = cfg.annotation
+    caption = (a.caption_recall, a.caption_error) if a.view == "caption" else None
+    return AnnotationJudge(noise=a.noise, seed=a.seed, caption=caption)
 
 
 def _openai(cfg: JudgeConfig, cache_dir: str | Path | None = None, **kw: Any):

@@ -27,7 +27,14 @@ class OpenAIConfig(Section):
 class AnnotationConfig(Section):
     # Std of Gaussian noise added to each rating (0-10 scale) to emulate an imperfect judge.
     noise: float = Field(0.0, ge=0)
-    seed: int = 0                            # noise seed (per uid, so order does not matter)
+    seed: int = 0                            # noise and caption seed (per uid / image: order-free)
+    # What the judge is shown. scene: the full scene annotation (close to the hidden truth, as no
+    # real judge is). caption: what a caption-reading LLM judge sees - a partial, sometimes wrong
+    # summary: each object named with probability caption_recall, and a named object's colour or
+    # shape is wrong with probability caption_error (judge/annotation.caption_view).
+    view: Literal["scene", "caption"] = "scene"
+    caption_recall: float = Field(0.7, gt=0, le=1)
+    caption_error: float = Field(0.1, ge=0, le=1)
 
 
 class JudgeConfig(Section):

@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("selfilter.data.ingest", "validate LLaVA-format annotations into records.jsonl + rejected.jsonl"),
     "shapes": ("selfilter.data.shapes", "generate the embedded 'shapes' instruction dataset and benchmarks"),
     "calibration": ("selfilter.report.gate", "exit 0 calibrated, 1 a check failed, 3 not established (a check skipped: too few seeds) - reports/calibration.json"),
+    "regimes": ("selfilter.regimes.report", "build the selector map (reports/regimes.md, .json, regimes/map.png) from the "
+                "regimes a sweep collected (python -m flows.regimes runs them)"),
     "verdict": ("selfilter.report.verdict", "print who won at each budget, the calibration verdict and where the "
                 "report, plots and MLflow store are (exit 0 calibrated, 1 not calibrated, 3 not established)"),
 }
@@ -25,6 +27,7 @@ EXAMPLES: dict[str, str] = {
     "shapes": "selfilter shapes --params params.yaml --out data/shapes",
     "calibration": "selfilter calibration reports/calibration.json",
     "verdict": "selfilter verdict --reports reports",
+    "regimes": "selfilter regimes --sweep sweeps/regimes.yaml --reports reports",
 }
 
 EPILOG = """\
@@ -37,6 +40,7 @@ the pipeline (README):
   dvc exp run -S select.k_nearest=5         an experiment: reruns only what reads the key
   dvc metrics show / dvc exp show --only-changed     the compact results (reports/summary.json)
   python -m flows.pipeline --profile smoke  the same stages as a Prefect flow (docs/prefect.md)
+  python -m flows.regimes                   the selector map: the grid in several data regimes (sweeps/regimes.yaml)
 """
 
 

@@ -23,7 +23,7 @@ def score_vs_budget_rows(summary: Mapping[str, Any], metric: str = "overall") ->
     return rows
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     return path
@@ -69,7 +69,7 @@ def plot_score_vs_budget(summary: Mapping[str, Any], path: str | Path, metric: s
     ax.set_ylabel(f"{metric} (mean over seeds, 95% CI)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    out = _save(fig, Path(path))
+    out = save_png(fig, Path(path))
     plt.close(fig)
     return out
 
@@ -99,6 +99,6 @@ def plot_metric_bars(summary: Mapping[str, Any], budget: str, metrics: Sequence[
     ax.set_title(f"budget {float(budget) * 100:g}%")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    out = _save(fig, Path(path))
+    out = save_png(fig, Path(path))
     plt.close(fig)
     return out

@@ -48,8 +48,10 @@ def prepare_workspace(root: Path, ws: Path, base_params: str, start_from: Path |
         os.replace(tmp, ws)  # a crash mid-copy leaves .partial, never a half workspace
     ws.mkdir(parents=True, exist_ok=True)
     copied = same = 0
+    # the workspaces' own folder, when git does not ignore it, is never copied into a workspace
+    inside = ws.parent.relative_to(root).as_posix() + "/" if ws.parent.is_relative_to(root) and ws.parent != root else None
     for rel in source_files(root):
-        if rel == "params.yaml":
+        if rel == "params.yaml" or (inside and rel.startswith(inside)):
             continue
         src, dst = root / rel, ws / rel
         if dst.is_file() and filecmp.cmp(src, dst, shallow=False):

@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reports", default="reports", help="the compare stage's folder (default: %(default)s)")
     p.add_argument("--tracking", default="metrics/tracking.json",
                    help="the track stage's summary: the MLflow deep links (default: %(default)s)")
+    p.add_argument("--params", default="params.yaml", help="the params of the run: the data regime it was measured in")
     p.add_argument("--mlflow", default=None,
                    help="tracking URI to point at (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
 
@@ -43,6 +44,19 @@ def verdict_section(markdown: str) -> list[str]:
     return lines
 
 
+def _regime(params: Path) -> str | None:
+    """The data regime line, or None when the params cannot be read (the verdict still prints)."""
+    import yaml
+
+    from selfilter.config import parse_yaml
+    from selfilter.regimes.describe import regime_line
+
+    try:
+        return regime_line(parse_yaml(params.read_text(encoding="utf-8")) or {})
+    except (OSError, ValueError, AttributeError, TypeError, yaml.YAMLError):
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -53,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     print("Verdict")
+    regime = _regime(Path(args.params))
+    if regime:
+        print(f"  Regime: {regime}.")
     for line in verdict_section(md.read_text(encoding="utf-8")):
         print(f"  {line}")
     calibration = read_json(cal)

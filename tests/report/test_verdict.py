@@ -51,3 +51,23 @@ def test_missing_report_is_one_line(tmp_path, capsys):
     assert cli(["verdict", "--reports", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "dvc repro" in err
+
+
+def test_names_the_data_regime_it_was_measured_in(tmp_path, capsys):
+    reports = _compare(tmp_path, GRID)
+    params = tmp_path / "run_params.yaml"
+    params.write_text("data:\n  source: shapes\n  shapes:\n    difficulty_skew: 0.8\n    imperfections:\n"
+                      "      wrong_answer: 0.02\n      low_information: 0.01\n      truncated: 0.0\n"
+                      "      near_duplicate: 0.1\njudge:\n  backend: annotation\n  annotation:\n    view: caption\n"
+                      "    caption_recall: 0.6\n    caption_error: 0.2\n")
+    capsys.readouterr()
+    cli(["verdict", "--reports", str(reports), "--params", str(params)])
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.startswith("  Regime: embedded testbed, low noise (3% broken answers: 2% wrong")
+    assert "difficulty_skew 0.8" in line and "sees 60% of objects, 20% of them wrong" in line
+    params.write_text("data:\n  source: llava\n  annotations: mine.json\n")
+    cli(["verdict", "--reports", str(reports), "--params", str(params)])
+    assert "  Regime: your data (mine.json)" in capsys.readouterr().out
+    params.write_text(": not yaml")
+    cli(["verdict", "--reports", str(reports), "--params", str(params)])
+    assert "Regime" not in capsys.readouterr().out   # the verdict still prints, without the line

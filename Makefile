@@ -22,7 +22,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # this machine's pip config lists local mirrors that do not exist; hide its per-package warnings
 PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory'
 
-.PHONY: help setup run test smoke lock bench clean mlflow-ui exps reliability
+.PHONY: help setup run test smoke lock bench clean mlflow-ui exps reliability regimes
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -43,6 +43,9 @@ run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro), th
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest tests
 
+regimes: $(STAMP)  ## the selector map: the grid in 7 data regimes (sweeps/regimes.yaml), then reports/regimes.md; resumes where it stopped
+	$(BIN)/python -m flows.regimes
+
 exps: $(STAMP)  ## dvc experiments side by side: the params and metrics that differ (output hashes dropped)
 	$(BIN)/dvc exp show --only-changed --drop '.*/.*|(evals|runs|selections|stage1|el2n|ifd|less|features)$$'
 
@@ -62,4 +65,4 @@ mlflow-ui: $(STAMP)  ## browse the runs at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --workers 1
 
 clean:  ## remove generated data, models and runs (keeps .venv)
-	rm -rf data models features judge stage1 el2n ifd less select_params selections runs evals reports mlruns.db mlartifacts .prefect
+	rm -rf data models features judge stage1 el2n ifd less select_params selections runs evals reports mlruns.db mlartifacts .prefect .regimes

@@ -89,15 +89,23 @@ def _cli(args: list[str], env: dict, cwd: Path, timeout: float = 180) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_prefect_yaml_defines_smoke_and_gpu_deployments():
+def test_prefect_yaml_defines_smoke_gpu_and_regimes_deployments():
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
     assert deployments["smoke"]["work_pool"]["name"] == "selfilter-cpu"
     assert deployments["smoke"]["parameters"]["profile"] == "smoke"
     assert deployments["gpu"]["work_pool"]["name"] == "selfilter-gpu"
     assert deployments["gpu"]["parameters"]["profile"] == "gpu-llava7b"
+    assert deployments["regimes"]["entrypoint"] == "flows/regimes.py:selfilter_regimes"
+    assert (REPO / deployments["regimes"]["parameters"]["sweep"]).is_file()
+    import importlib
+    import inspect
+
     for d in deployments.values():
-        assert d["entrypoint"] == "flows/pipeline.py:selfilter_pipeline"
+        path, func = d["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
+        accepted = set(inspect.signature(flow.fn).parameters)
+        assert set(d["parameters"]) <= accepted, (d["name"], set(d["parameters"]) - accepted)
     (step,) = spec["pull"]
     assert "selfilter.checkout.use_checkout" in step  # no SELFILTER_ROOT needed (tests/flows/test_checkout.py)
 

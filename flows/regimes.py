@@ -55,6 +55,17 @@ def build_map(sweep: str, reports: str) -> dict[str, Any]:
     return write_map(sweep, reports)
 
 
+@task(cache_policy=NO_CACHE)
+def track_map(m: dict[str, Any], root: str, reports: str) -> dict[str, Any]:
+    from selfilter.regimes.tracking import log_map
+    from selfilter.tracking import TrackingUnavailable
+
+    try:
+        return log_map(m, root, Path(root) / "params.yaml", reports)
+    except TrackingUnavailable as e:  # the map is on disk either way
+        return {"skipped": str(e)}
+
+
 @flow(name="selfilter-regimes", log_prints=True)
 def selfilter_regimes(sweep: str = "sweeps/regimes.yaml", workdir: str = ".", only: list[str] | None = None,
                       regimes_dir: str = REGIMES_DIR, reports: str = "reports") -> dict[str, Any]:
@@ -103,6 +114,12 @@ def selfilter_regimes(sweep: str = "sweeps/regimes.yaml", workdir: str = ".", on
         create_markdown_artifact(key="selfilter-regimes", markdown=md, description="the selector map")
         logger.info("hypothesis %s (%d of %d calibrated cells won); map: %s/regimes.md",
                     h["status"], h["cells_won"], h["cells_tested"], reports)
+        tracked = track_map(m, str(root), str(root / reports))
+        result["mlflow"] = tracked
+        if "link" in tracked:
+            logger.info("MLflow: the regimes side by side: %s", tracked["link"])
+        else:
+            logger.warning("MLflow: the map was not logged (%s)", tracked.get("skipped"))
     if failed:
         raise PipelineError(f"{len(failed)} regime(s) failed: {failed}")
     return result

@@ -525,21 +525,24 @@ def resolve_uri(uri: str | None, root: str | Path) -> str:
 LOCAL_UI = "http://127.0.0.1:5000"  # `make mlflow-ui`
 
 
-def ui_links(uri: str, experiment_id: str) -> dict[str, str]:
-    """Deep links into the MLflow UI's runs table (MLflow 3's URL state: ``searchFilter``,
-    ``orderByKey``, ``orderByAsc``): the aggregates ranked by overall, and the per-seed runs. An
-    HTTP store is its own UI; a local store is browsed with ``make mlflow-ui``."""
+def ui_link(uri: str, experiment_id: str, kind: str, order_by: str | None = "overall") -> str:
+    """A deep link into the MLflow UI's runs table (MLflow 3's URL state: ``searchFilter``,
+    ``orderByKey``, ``orderByAsc``): the runs tagged ``selfilter.kind = kind``, highest
+    ``order_by`` metric first. An HTTP store is its own UI; a local store is browsed with
+    ``make mlflow-ui``."""
     from urllib.parse import quote
 
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
     base = re.sub(r"//[^/@]*@", "//", base)  # never print credentials
+    query = f"searchFilter={quote(f'tags.`{KIND}` = {chr(39)}{kind}{chr(39)}', safe='')}"
+    if order_by:
+        query += f"&orderByKey={quote(f'metrics.`{order_by}`', safe='')}&orderByAsc=false"
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
-    def link(kind: str) -> str:
-        query = (f"searchFilter={quote(f'tags.`{KIND}` = {chr(39)}{kind}{chr(39)}', safe='')}"
-                 f"&orderByKey={quote('metrics.`overall`', safe='')}&orderByAsc=false")
-        return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
-    return {"ranking": link("aggregate"), "seeds": link("comparison")}
+def ui_links(uri: str, experiment_id: str) -> dict[str, str]:
+    """The aggregates ranked by overall, and the per-seed runs (:func:`ui_link`)."""
+    return {"ranking": ui_link(uri, experiment_id, "aggregate"), "seeds": ui_link(uri, experiment_id, "comparison")}
 
 
 def redact_uri(uri: str) -> str:

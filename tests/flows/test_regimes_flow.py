@@ -61,10 +61,24 @@ def test_each_regime_in_its_own_workspace_sharing_the_cache(dvc_project: Path, m
     assert "**CONFIRMED**" in md and "| a | 50% | calibrated |" in md
     assert (dvc_project / "reports" / "regimes" / "map.png").is_file()
 
-    # a second sweep: DVC finds nothing stale in either workspace
+    # the map in the checkout's MLflow store: one regimes run, a nested run per regime
+    assert result["mlflow"]["logged"] and "selfilter.kind" in result["mlflow"]["link"].replace("%60", "")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{dvc_project / 'mlruns.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "selfilter"]
+    regime_runs = client.search_runs([exp.experiment_id], "tags.`selfilter.kind` = 'regime'")
+    assert sorted(r.data.tags["selfilter.regime"] for r in regime_runs) == ["a", "b"]
+    b_run = next(r for r in regime_runs if r.data.tags["selfilter.regime"] == "b")
+    assert b_run.data.metrics["gap_self_filter_b0.5"] == pytest.approx(0.05)
+    assert b_run.data.metrics["calibrated_b0.5"] == 1.0 and b_run.data.params["judge.scale"] == "5"
+    assert b_run.data.tags["mlflow.parentRunId"] == result["mlflow"]["run_id"]
+
+    # a second sweep: DVC finds nothing stale in either workspace, and MLflow gets no copy
     sizes = {w: (w / "runs.log").read_text() for w in (ws_a, ws_b)}
-    selfilter_regimes(sweep="sweeps/toy.yaml", workdir=str(dvc_project))
+    again = selfilter_regimes(sweep="sweeps/toy.yaml", workdir=str(dvc_project))
     assert {w: (w / "runs.log").read_text() for w in (ws_a, ws_b)} == sizes
+    assert again["mlflow"]["logged"] is False and again["mlflow"]["run_id"] == result["mlflow"]["run_id"]
 
 
 def test_an_unknown_regime_is_refused_before_any_work(dvc_project: Path):

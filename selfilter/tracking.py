@@ -223,7 +223,7 @@ class RunRecord:
 
     key: str  # idempotency key, unique within the parent
     name: str
-    kind: str  # "stage" | "aggregate" | "comparison"
+    kind: str  # "stage" | "aggregate" | "comparison" | "regimes" | "regime"
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # name -> [(step, value)]

@@ -33,11 +33,34 @@ def regime_metrics(r: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def map_records(m: Mapping[str, Any], reports: str | Path) -> tuple[Any, list[Any]]:
+    """The parent ``regimes`` run and one ``regime`` run per regime, as RunRecords (pure)."""
+    from selfilter.tracking import RunRecord
+
+    h = m["hypothesis"]
+    reports = Path(reports)
+    files = [(p, "") for p in (reports / "regimes.md", reports / "regimes.json", reports / "regimes" / "map.png")
+             if p.is_file()]
+    parent = RunRecord(key="regimes", name="regimes", kind="regimes",
+                       metrics={"regimes_mapped": float(len(m["regimes"])),
+                                "hypothesis_cells_won": float(h["cells_won"]),
+                                "hypothesis_cells_tested": float(h["cells_tested"])},
+                       tags={"selfilter.hypothesis": h["status"]}, artifacts=files)
+    children = []
+    for name, r in m["regimes"].items():
+        params = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in sorted((r.get("overrides") or {}).items())}
+        children.append(RunRecord(key=name, name=f"regime-{name}", kind="regime", params=params,
+                                  metrics=regime_metrics(r),
+                                  tags={"selfilter.regime": name, "selfilter.noise": str(r.get("noise"))}))
+    return parent, children
+
+
 def log_map(m: Mapping[str, Any], root: str | Path, params: str | Path, reports: str | Path) -> dict[str, Any]:
     """Log the map; return ``{"run_id", "link", "logged"}`` (``logged`` False: already there),
-    or ``{"skipped": why}`` when tracking is off."""
+    or ``{"skipped": why}`` when tracking is off. MLflow is reached only through
+    selfilter.tracking's Tracker."""
     from selfilter.config import load_section
-    from selfilter.tracking import KIND, PARENT_TAG, TrackingConfig, connect_config, ui_link
+    from selfilter.tracking import KIND, TrackingConfig, connect_config, ui_link
 
     cfg = load_section("tracking", TrackingConfig, params)
     if not cfg.enabled:
@@ -48,24 +71,12 @@ def log_map(m: Mapping[str, Any], root: str | Path, params: str | Path, reports:
     found = tracker.find_runs(**{KIND: "regimes", MAP_DIGEST_TAG: digest})
     if found:
         return {"run_id": found[0].info.run_id, "link": link, "logged": False}
-    h = m["hypothesis"]
-    parent = tracker.create_run("regimes", {KIND: "regimes", MAP_DIGEST_TAG: digest,
-                                            "selfilter.hypothesis": h["status"]})
-    client = tracker.client
-    client.log_metric(parent, "regimes_mapped", float(len(m["regimes"])))
-    client.log_metric(parent, "hypothesis_cells_won", float(h["cells_won"]))
-    client.log_metric(parent, "hypothesis_cells_tested", float(h["cells_tested"]))
-    reports = Path(reports)
-    for path in (reports / "regimes.md", reports / "regimes.json", reports / "regimes" / "map.png"):
-        if path.is_file():
-            client.log_artifact(parent, str(path))
-    for name, r in m["regimes"].items():
-        run = tracker.create_run(f"regime-{name}", {KIND: "regime", "selfilter.regime": name,
-                                                    "selfilter.noise": str(r.get("noise")), PARENT_TAG: parent})
-        for key, value in sorted((r.get("overrides") or {}).items()):
-            client.log_param(run, key, json.dumps(value) if not isinstance(value, str) else value)
-        for key, value in regime_metrics(r).items():
-            client.log_metric(run, key, value)
-        tracker.finish(run)
-    tracker.finish(parent)
-    return {"run_id": parent, "link": link, "logged": True}
+    parent, children = map_records(m, reports)
+    parent_id = tracker.create_run(parent.name, {KIND: parent.kind, MAP_DIGEST_TAG: digest})
+    tracker.log(parent_id, parent)
+    for child in children:
+        run_id = tracker.create_run(child.name, {KIND: child.kind}, parent_id=parent_id)
+        tracker.log(run_id, child)
+        tracker.finish(run_id)
+    tracker.finish(parent_id)
+    return {"run_id": parent_id, "link": link, "logged": True}

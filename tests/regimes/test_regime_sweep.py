@@ -87,6 +87,19 @@ def test_workspace_gets_the_code_the_base_params_and_the_shared_cache(tmp_path):
     counts = prepare_workspace(root, ws, "seed: 0\n")
     assert counts["copied"] == 1 and (ws / "pkg" / "code.py").read_text() == "x = 2\n"
     assert (ws / "result.json").exists()
+    # its own dvc.lock and a git-tracked DVC output (a metrics file) are its results: kept
+    (root / "dvc.lock").write_text("stages:\n  s:\n    cmd: x\n    outs:\n    - path: summary.json\n")
+    (root / "summary.json").write_text("checkout's")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    prepare_workspace(root, ws, "seed: 0\n")
+    assert (ws / "dvc.lock").read_text() == (root / "dvc.lock").read_text()   # new: the checkout's
+    (ws / "dvc.lock").write_text("the workspace's own lock")
+    (ws / "summary.json").write_text("the workspace's result")
+    (root / "pkg" / "code.py").write_text("x = 3\n")
+    prepare_workspace(root, ws, "seed: 0\n")
+    assert (ws / "dvc.lock").read_text() == "the workspace's own lock"
+    assert (ws / "summary.json").read_text() == "the workspace's result"
+    assert (ws / "pkg" / "code.py").read_text() == "x = 3\n"
     # a checkout whose .gitignore misses the workspaces' folder: still never copied into itself
     (root / ".gitignore").write_text("/out/\n")
     prepare_workspace(root, root / ".regimes" / "r2", "seed: 0\n")

@@ -504,11 +504,16 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = parse_yaml(value)
+    return run_and_print(lambda: selfilter_pipeline(
+        profile=args.profile, overrides=overrides or None, targets=args.targets, workdir=args.workdir,
+        feature_shards=args.feature_shards, shard_devices=args.shard_devices, force=args.force))
+
+
+def run_and_print(call: Callable[[], Any], errors: tuple[type[Exception], ...] = (PipelineError,)) -> int:
+    """A flow's command line: run it, print its result as JSON (exit 0), or one error line (exit 1)."""
     try:
-        result = selfilter_pipeline(profile=args.profile, overrides=overrides or None, targets=args.targets,
-                                    workdir=args.workdir, feature_shards=args.feature_shards,
-                                    shard_devices=args.shard_devices, force=args.force)
-    except PipelineError as e:
+        result = call()
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))

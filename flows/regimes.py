@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import PipelineError, base_params_text, selfilter_pipeline
+from flows.pipeline import PipelineError, base_params_text, run_and_print, selfilter_pipeline
 from selfilter.config import ConfigError
 
 REGIMES_DIR = ".regimes"
@@ -135,16 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regimes-dir", default=REGIMES_DIR, help="workspaces, relative to workdir (default: %(default)s)")
     parser.add_argument("--reports", default="reports", help="where regimes/<name>/ and the map go (default: %(default)s)")
     args = parser.parse_args(argv)
+    # checked before the flow starts, so a typo is one line rather than a flow-run traceback
+    from selfilter.regimes.spec import load_spec
+
     try:
-        result = selfilter_regimes(sweep=args.sweep, workdir=args.workdir, only=args.only,
-                                   regimes_dir=args.regimes_dir, reports=args.reports)
-    except (PipelineError, ConfigError) as e:
+        spec = load_spec(Path(args.workdir) / args.sweep)
+    except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    import json
-
-    print(json.dumps(result, indent=2))
-    return 0
+    unknown = [n for n in (args.only or []) if n not in spec.regimes]
+    if unknown:
+        print(f"error: --only {unknown}: not regimes of {args.sweep} ({list(spec.regimes)})", file=sys.stderr)
+        return 1
+    return run_and_print(lambda: selfilter_regimes(sweep=args.sweep, workdir=args.workdir, only=args.only,
+                                                   regimes_dir=args.regimes_dir, reports=args.reports),
+                         errors=(PipelineError, ConfigError))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -125,3 +125,13 @@ def test_a_workspace_started_from_another_keeps_its_outputs_not_its_stores(tmp_p
 def test_outside_git_the_workspace_refuses_with_one_line(tmp_path):
     with pytest.raises(RuntimeError, match="not a git checkout"):
         prepare_workspace(tmp_path, tmp_path / "ws", "seed: 0\n")
+
+
+def test_the_command_line_refuses_a_typo_in_one_line(capsys, tmp_path):
+    from flows.regimes import main
+
+    assert main(["--workdir", str(ROOT), "--only", "zzz"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--only ['zzz']: not regimes of" in err[0] and "clean-skewed" in err[0]
+    assert main(["--workdir", str(tmp_path), "--sweep", "missing.yaml"]) == 1
+    assert "missing.yaml: sweep file not found" in capsys.readouterr().err

@@ -8,7 +8,8 @@ Same base model, same hyperparameters; only the subset and the seed change. Thre
   ``epochs`` passes);
 - ``fixed_steps``: every run gets ``steps`` optimizer steps, full data included - equal training
   compute per subset, as data-filtering benchmarks (DataComp) fix it.
-Loss: token-mean cross-entropy over answer tokens (LLaVA's). Vision tower frozen by default.
+Loss: token-mean cross-entropy over answer tokens (LLaVA's), projecting only those positions
+onto the vocabulary (selfilter.training.answer_loss). Vision tower frozen by default.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ import torch
 from torch import nn
 
 from selfilter.models.loading import trainable_parameters
+from selfilter.training.answer_loss import AnswerLoss
 from selfilter.training.loop import (TrainResult, adamw, cosine_schedule, forget_prepared,
                                      model_inputs, seed_everything, total_steps, train_steps)
-from selfilter.training.loss import mean_cross_entropy
 
 SUBSET_DIR = re.compile(r"^b(?P<budget>[0-9.eE+-]+)_s(?P<seed>-?\d+)$")
 
@@ -58,12 +59,12 @@ def finetune(model: nn.Module, dataset, pad_token_id: int, *, accelerator, num_s
     params = trainable_parameters(model, freeze_vision=freeze_vision)
     optimizer = adamw(params, lr=lr, weight_decay=weight_decay, device=accelerator.device.type)
     scheduler = cosine_schedule(optimizer, num_steps, warmup_ratio)
-    module, optimizer = accelerator.prepare(model, optimizer)
     dtype = next(model.parameters()).dtype
+    # the loss is a module around the model, so a distributed wrapper sees all of it in forward
+    module, optimizer = accelerator.prepare(AnswerLoss(model), optimizer)
 
     def loss_fn(mod: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = mod(**model_inputs(batch, accelerator.device, dtype)).logits
-        return mean_cross_entropy(logits, batch["labels"].to(accelerator.device))
+        return mod(labels=batch["labels"].to(accelerator.device), **model_inputs(batch, accelerator.device, dtype))
 
     result = train_steps(accelerator, module, optimizer, scheduler, dataset, pad_token_id,
                          batch_size=batch_size, num_steps=num_steps, seed=seed, loss_fn=loss_fn,

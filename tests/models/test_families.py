@@ -206,3 +206,23 @@ def test_chat_encoder_encodes_the_family(saved_family):
     assert batch["mm_token_type_ids"][0, len(samples[0]["input_ids"]):].eq(0).all()  # padded with 0
     logits = model(**{k: v for k, v in batch.items() if k not in ("labels", "index")}).logits
     assert torch.isfinite(self_filter_loss(logits, batch["labels"], torch.zeros(len(RECORDS))))
+
+
+def test_answer_only_fine_tune_loss_on_the_family(saved_family):
+    """The fine-tuning loss takes the answer-only path on Qwen2-VL too (base model + lm_head),
+    with the value of the family's own full-logit cross-entropy."""
+    from selfilter.training.answer_loss import AnswerLoss
+
+    path, _ = saved_family
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    inputs, labels = _family_batch(AutoProcessor.from_pretrained(path))
+    answer = AnswerLoss(model)
+    loss = answer(labels=labels, **inputs)
+    assert answer.answer_only is True
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(),
+                                                labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    assert abs(loss.item() - ref.item()) <= 1e-5 * abs(ref.item())
+    loss.backward()
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0

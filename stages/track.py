@@ -17,11 +17,11 @@ from pathlib import Path
 from selfilter import console
 from selfilter.config import ConfigError, load_section
 from selfilter.io import write_json, write_sidecar
+from selfilter.lineage import collect_lineage
 from selfilter.tracking import (
     PARENT_ENV,
     TrackingConfig,
     TrackingUnavailable,
-    collect_lineage,
     connect_config,
     log_lineage,
     redact_uri,

@@ -1,4 +1,4 @@
-"""selfilter.tracking: naming, lineage reading, and logging into a real sqlite MLflow store."""
+"""selfilter.tracking: logging a pipeline's lineage into a real sqlite MLflow store."""
 from __future__ import annotations
 
 import json
@@ -9,119 +9,20 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from fake_pipeline import BENCH_METRICS, BUDGETS, METHODS, SEEDS, build_fake_pipeline, fresh_sqlite_store
+from fake_pipeline import BUDGETS, METHODS, SEEDS, build_fake_pipeline, fresh_sqlite_store
 
+from selfilter import lineage as L
 from selfilter import tracking as T
 
 N_COMPARED = len(METHODS) * len(BUDGETS) * len(SEEDS)
 
 
-# ------------------------------------------------------------------ naming (pure)
-@pytest.mark.parametrize("name, key", [
-    ("shapes_vqa/exact_match,none", "shapes_vqa/exact_match"),
-    ("shapes_pope/f1,adversarial", "shapes_pope/f1/adversarial"),
-    ("overall", "overall"),
-    ("/a//b/", "a/b"),
-    ("../x/./y", "_/x/_/y"),
-    ("mme: perception (cog)", "mme_ perception _cog_"),
-    ("finetune@random-0.15-0", "finetune_random-0.15-0"),
-    ("", "_"),
-])
-def test_mlflow_key_maps_deterministically_to_valid_names(name, key):
-    from mlflow.utils.validation import _validate_metric_name, _validate_param_name
-
-    assert T.mlflow_key(name) == key
-    _validate_metric_name(key)  # raises on a name MLflow would reject
-    _validate_param_name(key)
-
-
-def test_mlflow_keys_disambiguate_collisions_stably():
-    names = ["a/acc,none", "a/acc", "b"]
-    keys = T.mlflow_keys(names)
-    assert keys["b"] == "b"
-    assert keys["a/acc,none"] != keys["a/acc"]
-    assert all(k.startswith("a/acc_") for n, k in keys.items() if n != "b")
-    assert T.mlflow_keys(list(reversed(names))) == keys  # independent of order
-
-
-def test_long_names_are_truncated_to_mlflow_limit():
-    assert len(T.mlflow_key("x" * 600)) == 250
-
-
-def test_pipeline_digest_ignores_the_track_stage_itself():
-    lock = {"a": {"cmd": "1"}, "track": {"cmd": "t1"}}
-    d = T.pipeline_digest(lock)
-    assert d == T.pipeline_digest({**lock, "track": {"cmd": "t2"}})
-    assert d != T.pipeline_digest({**lock, "a": {"cmd": "2"}})
-    assert len(d) == 32
-    hashes = T.dvc_stage_hashes(lock)
-    assert set(hashes) == {"a", "track"} and all(len(h) == 12 for h in hashes.values())
-
-
-def test_read_train_log_accepts_list_and_hf_trainer_state(tmp_path):
-    p = tmp_path / "log.json"
-    p.write_text(json.dumps([{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.5, "note": "x"}]))
-    assert T.read_train_log(p) == {"loss": [(10, 2.0), (20, 1.5)]}
-    p.write_text(json.dumps({"log_history": [{"loss": 1.0, "epoch": 0.5}]}))
-    assert T.read_train_log(p) == {"loss": [(0, 1.0)], "epoch": [(0, 0.5)]}
-    p.write_text(json.dumps({"oops": 1}))
-    with pytest.raises(ValueError, match="log.json"):
-        T.read_train_log(p)
-
-
-def test_read_curve_csv_uses_step_column(tmp_path):
-    p = tmp_path / "loss.csv"
-    p.write_text("step,loss,phase\n5,1.0,warmup\n6,0.5,main\n")
-    assert T.read_curve_csv(p) == {"loss": [(5, 1.0), (6, 0.5)]}
-
-
-# ------------------------------------------------------------------ reading a finished pipeline
+# ------------------------------------------------------------------ logging into a real store
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     return build_fake_pipeline(tmp_path_factory.mktemp("pipe"))
 
 
-def test_collect_lineage_reads_every_contract(pipeline):
-    lin = T.collect_lineage(pipeline)
-    assert len(lin.comparisons) == N_COMPARED
-    c = next(r for r in lin.comparisons if r.key == "comparison/random/b0.15/s1")
-    assert (c.params["method"], c.params["budget"], c.params["seed"]) == ("random", "0.15", "1")
-    assert c.params["finetune.lr"] == "0.0002" and c.params["select.k_nearest"] == "10"
-    assert set(c.metrics) == {*BENCH_METRICS, "overall"}
-    assert c.curves["train/loss"] == [(0, 3.0), (1, 2.5), (2, 2.0)]
-    assert c.json_artifacts["selected_uids.json"] == list(range(1, 7))
-    assert [ctx for _, ctx in c.datasets] == ["training", "pool"]
-    stages = {r.name: r for r in lin.stages}
-    assert set(stages) == {"prepare", "stage1", "finetune", "compare", "base", "judge"}  # no 'track'
-    assert stages["stage1"].params == {"stage1.epochs": "1", "stage1.lr": "0.0001"}  # from dvc.lock
-    assert stages["stage1"].curves["scores/loss"][-1] == (4, 1.6)
-    assert "difficulty_scores.png" in stages["stage1"].histograms
-    assert stages["base"].metrics == {"probe_acc": 0.41, "chance": 0.25}
-    assert stages["judge"].metrics["usage/calls"] == 40
-    assert len(stages["finetune"].json_artifacts["dvc_stages.json"]) == N_COMPARED
-    assert any(k.startswith("dvc.stage.finetune_") for k in lin.tags)
-    assert lin.tags["git.commit"] == "unknown"  # tmp dir is not a git repo
-
-
-def test_track_output_and_sidecars_are_not_read_as_stage_metrics(tmp_path):
-    root = build_fake_pipeline(tmp_path / "p")
-    (root / "metrics/tracking.json").write_text('{"runs_created": 3}')
-    (root / "metrics/tracking.json.meta.json").write_text('{"n": 1}')
-    (root / "metrics/base.json.meta.json").write_text('{"n": 1}')
-    lin = T.collect_lineage(root, exclude=(root / "metrics/tracking.json",))
-    assert {r.name for r in lin.stages} == {"prepare", "stage1", "finetune", "compare", "base", "judge"}
-
-
-def test_collect_lineage_names_the_bad_record(tmp_path):
-    root = build_fake_pipeline(tmp_path / "p")
-    data = json.loads((root / "reports/metrics.json").read_text())
-    del data["runs"][3]["seed"]
-    (root / "reports/metrics.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"metrics.json: runs\[3\]: missing seed"):
-        T.collect_lineage(root)
-
-
-# ------------------------------------------------------------------ logging into a real store
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("store")
@@ -134,7 +35,7 @@ def _tracker(store, experiment):
 
 def test_log_lineage_parent_nested_runs_params_metrics_inputs(pipeline, store):
     tracker = _tracker(store, "full")
-    result = T.log_lineage(tracker, T.collect_lineage(pipeline), progress=False)
+    result = T.log_lineage(tracker, L.collect_lineage(pipeline), progress=False)
     assert result.status == "logged"
     c = tracker.client
     runs = c.search_runs([tracker.experiment_id], "tags.`selfilter.kind` = 'comparison'", max_results=1000)
@@ -161,7 +62,7 @@ def test_log_lineage_parent_nested_runs_params_metrics_inputs(pipeline, store):
 
     parent = c.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags[T.COMPLETE] == "true"
-    assert parent.data.tags[T.DIGEST] == result.pipeline_digest
+    assert parent.data.tags[L.DIGEST] == result.pipeline_digest
     assert "dvc.stage.stage1" in parent.data.tags and "git.commit" in parent.data.tags
     assert {a.path for a in c.list_artifacts(result.parent_run_id, "pipeline")} >= {
         "pipeline/metrics.json", "pipeline/comparison.md", "pipeline/params.yaml", "pipeline/dvc.lock", "pipeline/plots"}
@@ -192,15 +93,15 @@ def test_log_lineage_parent_nested_runs_params_metrics_inputs(pipeline, store):
 
 def test_retracking_same_outputs_creates_no_duplicates(pipeline, store):
     tracker = _tracker(store, "idem")
-    first = T.log_lineage(tracker, T.collect_lineage(pipeline), progress=False)
-    again = T.log_lineage(tracker, T.collect_lineage(pipeline), progress=False)
+    first = T.log_lineage(tracker, L.collect_lineage(pipeline), progress=False)
+    again = T.log_lineage(tracker, L.collect_lineage(pipeline), progress=False)
     assert again.status == "already_tracked" and again.parent_run_id == first.parent_run_id
     assert len(tracker.client.search_runs([tracker.experiment_id], "")) == 1 + len(first.created)
 
 
 def test_interrupted_tracking_resumes_without_duplicates(pipeline, store, monkeypatch):
     tracker = _tracker(store, "resume")
-    lineage = T.collect_lineage(pipeline)
+    lineage = L.collect_lineage(pipeline)
     real_log, calls = T.Tracker.log, []
 
     def failing_log(self, run_id, record):  # the store dies after the parent and 3 children
@@ -228,12 +129,12 @@ def test_pipeline_run_shares_its_parent_with_track(pipeline, store, monkeypatch)
     with T.pipeline_run(pipeline, "params_flow.yaml", run_name="prefect flow") as parent_id:
         assert os.environ[T.PARENT_ENV] == parent_id  # what the track subprocess will read
         tracker = _tracker(store, "flow")
-        result = T.log_lineage(tracker, T.collect_lineage(pipeline), parent_run_id=os.environ[T.PARENT_ENV],
+        result = T.log_lineage(tracker, L.collect_lineage(pipeline), parent_run_id=os.environ[T.PARENT_ENV],
                                progress=False)
         assert tracker.client.get_run(parent_id).info.status == "RUNNING"  # the flow closes it
     assert T.PARENT_ENV not in os.environ
     parent = tracker.client.get_run(parent_id)
-    assert parent.info.status == "FINISHED" and parent.data.tags[T.DIGEST] == result.pipeline_digest
+    assert parent.info.status == "FINISHED" and parent.data.tags[L.DIGEST] == result.pipeline_digest
     children = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     assert len(children) == len(result.created) > N_COMPARED
 

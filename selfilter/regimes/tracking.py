@@ -35,7 +35,7 @@ def regime_metrics(r: Mapping[str, Any]) -> dict[str, float]:
 
 def map_records(m: Mapping[str, Any], reports: str | Path) -> tuple[Any, list[Any]]:
     """The parent ``regimes`` run and one ``regime`` run per regime, as RunRecords (pure)."""
-    from selfilter.tracking import RunRecord
+    from selfilter.lineage import RunRecord
 
     h = m["hypothesis"]
     reports = Path(reports)

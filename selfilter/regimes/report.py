@@ -25,6 +25,13 @@ def load_entries(regimes_dir: Path) -> list[tuple[dict[str, Any], dict[str, Any]
     return entries
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def write_map(spec_path: str | Path, reports: str | Path) -> dict[str, Any]:
     """Build and write the map; return it."""
     from selfilter.regimes.plot import plot_regime_map
@@ -35,10 +42,12 @@ def write_map(spec_path: str | Path, reports: str | Path) -> dict[str, Any]:
     if not entries:
         raise FileNotFoundError(f"{reports / 'regimes'}: no collected regime (run the sweep: python -m flows.regimes)")
     m = build_map(entries, spec.model_dump())
-    m["sweep"] = str(spec_path)
+    # paths relative to the checkout (the reports folder's parent): the map is committed, and a
+    # machine's own folders mean nothing in another clone
+    m["sweep"] = _relative(Path(spec_path), reports.resolve().parent)
     # not under reports/plots/: that folder is the compare stage's DVC output, replaced on every run
     plot = plot_regime_map(m, reports / "regimes" / "map.png")
-    m["plot"] = str(plot)
+    m["plot"] = _relative(Path(plot), reports.resolve().parent)
     write_json(reports / "regimes.json", m)
     write_text(reports / "regimes.md", render_markdown(m) + "\n![selector map](regimes/map.png)\n")
     return m

@@ -60,6 +60,8 @@ def test_each_regime_in_its_own_workspace_sharing_the_cache(dvc_project: Path, m
     md = (dvc_project / "reports" / "regimes.md").read_text()
     assert "**CONFIRMED**" in md and "| a | 50% | calibrated |" in md
     assert (dvc_project / "reports" / "regimes" / "map.png").is_file()
+    written = json.loads((dvc_project / "reports" / "regimes.json").read_text())
+    assert (written["plot"], written["sweep"]) == ("reports/regimes/map.png", "sweeps/toy.yaml")  # not this machine's paths
 
     # the map in the checkout's MLflow store: one regimes run, a nested run per regime
     assert result["mlflow"]["logged"] and "selfilter.kind" in result["mlflow"]["link"].replace("%60", "")

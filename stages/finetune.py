@@ -141,7 +141,7 @@ def _train_one(job: _Job) -> tuple[str, int, float, float]:
                       weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, batch_size=cfg.batch_size,
                       grad_clip=cfg.grad_clip, freeze_vision=cfg.freeze_vision, seed=seed,
                       checkpoint_dir=run_dir, checkpoint_every=cfg.checkpoint_every, max_steps=cfg.max_steps,
-                      group_by_length=cfg.group_by_length,
+                      group_by_length=cfg.group_by_length, loss=cfg.loss,
                       progress=_CTX["progress"], desc=job.name)
     if not result.finished:
         log.info("%s: stopped at step %d of %d (max_steps); checkpoint kept", job.name, result.step,

@@ -3,9 +3,11 @@
 LLaVA's loss reads next-token logits where the next token is an answer token: about 10% of a
 default-pool sequence (image tokens, prompts and padding are not supervised). A VLM's own
 forward projects *every* position onto the vocabulary - a ``[B, T, V]`` tensor, a log-softmax
-over it and the backward of both. On the default tiny model that was about a third of a
-fine-tuning step on a CPU (``benchmarks/bench_finetune.py``); for a 7B LLaVA (V = 32,000,
-T = 2,048) it is 262 MB of float32 logits per sample.
+over it and the backward of both. On the default tiny model (a 466-token vocabulary) the
+answer-only step is 1.24x faster on a CPU (``benchmarks/bench_finetune.py``); for a 7B LLaVA
+(V = 32,000, T = 2,048) the full logits are 262 MB of float32 per sample. Chosen by
+``finetune.loss`` (``answer_only`` in the GPU profiles; the CPU default keeps ``full_logits``,
+whose measured results the README reports).
 
 ``AnswerLoss`` wraps the VLM so that the whole loss is one module forward - DDP, FSDP and
 DeepSpeed wrap the wrapper and see every parameter used inside ``forward`` - and computes the
@@ -36,6 +38,17 @@ def _split(vlm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     if not isinstance(base, nn.Module) or not isinstance(head, nn.Module) or base is vlm:
         return None
     return base, head
+
+
+class FullLogitsLoss(nn.Module):
+    """The reference loss as a module: the model's own full logits, then ``mean_cross_entropy``."""
+
+    def __init__(self, vlm: nn.Module):
+        super().__init__()
+        self.vlm = vlm
+
+    def forward(self, labels: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        return mean_cross_entropy(self.vlm(**inputs).logits, labels)
 
 
 @torch.no_grad()

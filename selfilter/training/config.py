@@ -55,6 +55,9 @@ class FinetuneConfig(OptimSection):
     epochs: float = Field(3.0, gt=0)                  # equal_epochs: on every subset
     reference_budget: float = Field(0.15, gt=0, le=1)  # equal_steps: every subset gets this budget's steps
     steps: int | None = Field(None, ge=1)             # fixed_steps: every run, whatever its subset size
+    # answer_only: project only the supervised positions onto the vocabulary (same loss, less
+    # compute and memory: selfilter.training.answer_loss); full_logits: the model's own forward
+    loss: Literal["full_logits", "answer_only"] = "full_logits"
 
     @model_validator(mode="after")
     def _fixed_steps_needs_steps(self) -> FinetuneConfig:

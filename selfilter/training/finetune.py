@@ -8,8 +8,9 @@ Same base model, same hyperparameters; only the subset and the seed change. Thre
   ``epochs`` passes);
 - ``fixed_steps``: every run gets ``steps`` optimizer steps, full data included - equal training
   compute per subset, as data-filtering benchmarks (DataComp) fix it.
-Loss: token-mean cross-entropy over answer tokens (LLaVA's), projecting only those positions
-onto the vocabulary (selfilter.training.answer_loss). Vision tower frozen by default.
+Loss: token-mean cross-entropy over answer tokens (LLaVA's); ``finetune.loss: answer_only``
+projects only those positions onto the vocabulary (selfilter.training.answer_loss). Vision
+tower frozen by default.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ import torch
 from torch import nn
 
 from selfilter.models.loading import trainable_parameters
-from selfilter.training.answer_loss import AnswerLoss
+from selfilter.training.answer_loss import AnswerLoss, FullLogitsLoss
 from selfilter.training.loop import (TrainResult, adamw, cosine_schedule, forget_prepared,
                                      model_inputs, seed_everything, total_steps, train_steps)
 
+LOSSES = {"full_logits": FullLogitsLoss, "answer_only": AnswerLoss}
 SUBSET_DIR = re.compile(r"^b(?P<budget>[0-9.eE+-]+)_s(?P<seed>-?\d+)$")
 
 
@@ -51,8 +53,11 @@ def finetune(model: nn.Module, dataset, pad_token_id: int, *, accelerator, num_s
              grad_clip: float | None = 1.0, freeze_vision: bool = True, seed: int = 0,
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 500,
              max_steps: int | None = None, group_by_length: bool = False, progress: bool = True,
-             desc: str = "finetune") -> TrainResult:
-    """Fine-tune ``model`` in place on ``dataset`` for ``num_steps`` optimizer steps."""
+             desc: str = "finetune", loss: str = "full_logits") -> TrainResult:
+    """Fine-tune ``model`` in place on ``dataset`` for ``num_steps`` optimizer steps.
+
+    ``loss``: ``full_logits`` (the model's own forward, then the token-mean CE) or
+    ``answer_only`` (the same loss projecting only the supervised positions)."""
     # the accelerator must track only this run's objects (its checkpoints save all it tracks)
     forget_prepared(accelerator)
     seed_everything(seed)
@@ -61,7 +66,9 @@ def finetune(model: nn.Module, dataset, pad_token_id: int, *, accelerator, num_s
     scheduler = cosine_schedule(optimizer, num_steps, warmup_ratio)
     dtype = next(model.parameters()).dtype
     # the loss is a module around the model, so a distributed wrapper sees all of it in forward
-    module, optimizer = accelerator.prepare(AnswerLoss(model), optimizer)
+    if loss not in LOSSES:
+        raise ValueError(f"finetune loss '{loss}' unknown (valid: {', '.join(LOSSES)})")
+    module, optimizer = accelerator.prepare(LOSSES[loss](model), optimizer)
 
     def loss_fn(mod: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return mod(labels=batch["labels"].to(accelerator.device), **model_inputs(batch, accelerator.device, dtype))

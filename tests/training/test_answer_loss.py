@@ -96,3 +96,20 @@ def test_a_batch_without_supervised_tokens_gives_zero_and_leaves_the_choice_open
     assert loss.item() == 0.0 and answer.answer_only is None
     answer(labels=batch["labels"], **model_inputs(batch, "cpu"))
     assert answer.answer_only is True
+
+
+def test_finetune_loss_option_chooses_the_path_and_both_train_the_same_first_step(tiny_llava_dir, encoded_pool,
+                                                                                   accelerator):
+    from selfilter.training.finetune import finetune
+
+    dataset, encoder = encoded_pool
+    first = {}
+    for loss in ("full_logits", "answer_only"):
+        vlm, _ = load_vlm(tiny_llava_dir)
+        result = finetune(vlm, dataset, encoder.pad_token_id, accelerator=accelerator, num_steps=2, lr=1e-3,
+                          batch_size=8, seed=0, progress=False, loss=loss)
+        first[loss] = result.log[0]["loss"]
+    assert math.isclose(first["full_logits"], first["answer_only"], rel_tol=1e-5)
+    with pytest.raises(ValueError, match="answer_only"):
+        finetune(load_vlm(tiny_llava_dir)[0], dataset, encoder.pad_token_id, accelerator=accelerator, num_steps=1,
+                 lr=1e-3, progress=False, loss="typo")

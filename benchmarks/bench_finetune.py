@@ -11,9 +11,9 @@ benchmarks/bench_stage1.py's shapes and synthetic batches (image tokens + an 8-t
 unsupervised, the rest supervised; ``--answer-share`` of the text supervised).
 
 Both steps do forward, loss, backward, grad clipping and an AdamW step on two copies of the
-same model: the reference calls the VLM and takes ``mean_cross_entropy`` of its full
-``[B, T, V]`` logits (the code before selfilter.training.answer_loss); the new step is
-``AnswerLoss``. Steps alternate batch by batch (A, B, A, B) so machine-load drifts hit both.
+same model: the reference is ``FullLogitsLoss`` (the VLM's forward, ``mean_cross_entropy`` of
+its full ``[B, T, V]`` logits: ``finetune.loss: full_logits``); the new step is ``AnswerLoss``.
+Steps alternate batch by batch (A, B, A, B) so machine-load drifts hit both.
 Reported (one JSON line): median ms/step of each, the median within-pair ratio, the losses of
 the first step (equal to float rounding), the logits each step materialises (MB), peak CUDA
 memory of each on a GPU, and the CPU (model and ISA flags) with its threads and load.
@@ -99,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from selfilter.models.loading import trainable_parameters
     from selfilter.selection.neighbours import cpu_description
-    from selfilter.training.answer_loss import AnswerLoss
+    from selfilter.training.answer_loss import AnswerLoss, FullLogitsLoss
     from selfilter.training.loop import adamw, model_inputs
-    from selfilter.training.loss import mean_cross_entropy
 
     if args.preset:
         model, batches, batch_size = _preset_batches(args)
@@ -114,21 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     dtype = next(ref_model.parameters()).dtype
     answer = AnswerLoss(new_model)
     arms = {}
-    for name, m, loss_of in (
-            ("reference", ref_model, lambda b: mean_cross_entropy(ref_model(**model_inputs(b, dev, dtype)).logits,
-                                                                 b["labels"].to(dev))),
-            ("answer_only", new_model, lambda b: answer(labels=b["labels"].to(dev), **model_inputs(b, dev, dtype)))):
+    for name, m, loss_module in (("reference", ref_model, FullLogitsLoss(ref_model)),
+                                 ("answer_only", new_model, answer)):
         params = trainable_parameters(m, freeze_vision=True)
         m.train()
-        arms[name] = dict(loss_of=loss_of, params=params, opt=adamw(params, lr=1e-4, weight_decay=0.0, device=dev),
-                          times=[], first_loss=None, peak_mb=None)
+        arms[name] = dict(loss_module=loss_module, params=params, times=[], first_loss=None, peak_mb=None,
+                          opt=adamw(params, lr=1e-4, weight_decay=0.0, device=dev))
 
     def step(arm: dict, b: dict) -> None:
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
-        loss = arm["loss_of"](b)
+        loss = arm["loss_module"](labels=b["labels"].to(dev), **model_inputs(b, dev, dtype))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(arm["params"], 1.0)
         arm["opt"].step()
@@ -166,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "logits_mb": {"reference": round(tokens * vocab * size / 2**20, 1),
                       "answer_only": round(supervised * vocab * size / 2**20, 1)},
         "peak_cuda_mb": {"reference": ref["peak_mb"], "answer_only": new["peak_mb"]} if cuda else None,
-        "attn": model.config._attn_implementation, "steps_each": len(ref["times"]), "threads": torch.get_num_threads(), "cpu": cpu_description(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "attn": model.config._attn_implementation, "steps_each": len(ref["times"]),
+        "threads": torch.get_num_threads(), "cpu": cpu_description(), "load_avg_1m": round(os.getloadavg()[0], 2),
     }))
     return 0
 

@@ -81,7 +81,7 @@ def gathered_logits_match(vlm: nn.Module, labels: torch.Tensor, inputs: dict[str
     return bool(((full - gathered).abs().max() <= rtol * scale).item())
 
 
-class AnswerLoss(nn.Module):
+class AnswerLoss(FullLogitsLoss):
     """``forward(labels, **model_inputs)`` -> the batch's token-mean cross-entropy over its
     supervised next tokens (the value of ``mean_cross_entropy`` of the full logits).
 
@@ -91,8 +91,7 @@ class AnswerLoss(nn.Module):
     """
 
     def __init__(self, vlm: nn.Module):
-        super().__init__()
-        self.vlm = vlm
+        super().__init__(vlm)
         self.answer_only: bool | None = None  # None until a batch has decided
 
     def forward(self, labels: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
@@ -102,7 +101,7 @@ class AnswerLoss(nn.Module):
                 log.info("%s: its logits are not the output embedding of its last hidden state; "
                          "training on the full logits", type(self.vlm).__name__)
         if not self.answer_only:
-            return mean_cross_entropy(self.vlm(**inputs).logits, labels)
+            return super().forward(labels, **inputs)
         base, head = _split(self.vlm)
         hidden = base(**inputs).last_hidden_state  # [B, T, H]
         mask = labels[:, 1:] != IGNORE_INDEX       # position t predicts token t + 1

@@ -33,6 +33,18 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _launch_two(script, *args) -> None:
+    """Run ``script args...`` as 2 data-parallel CPU processes; fail with their stderr."""
+    # accelerate's --cpu launcher needs mpirun for several processes; its torchrun launcher
+    # (--multi_gpu) starts them, and Accelerator(cpu=True) then joins them over gloo.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(script), *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_finish_and_agree(tiny_llava_dir, pool, tmp_path):
     from selfilter.io import write_jsonl
@@ -42,14 +54,7 @@ def test_two_cpu_processes_finish_and_agree(tiny_llava_dir, pool, tmp_path):
     (tmp_path / "run.py").write_text(SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
-    # accelerate's --cpu launcher needs mpirun for several processes; its torchrun launcher
-    # (--multi_gpu) starts them, and Accelerator(cpu=True) then joins them over gloo.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(tmp_path / "run.py"), str(tiny_llava_dir), str(tmp_path / "records.jsonl"), str(root), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _launch_two(tmp_path / "run.py", tiny_llava_dir, tmp_path / "records.jsonl", root, out)
     r0, r1 = (np.load(out / f"rank{r}.npz") for r in (0, 1))
     assert int(r0["world"]) == int(r1["world"]) == 2
     assert str(r0["kind"]).endswith("MULTI_CPU") and str(r0["backend"]) == "gloo"
@@ -94,14 +99,8 @@ def test_answer_only_fine_tune_under_ddp_keeps_the_ranks_in_step(tiny_llava_dir,
     (tmp_path / "run.py").write_text(FINETUNE_SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for loss in ("answer_only", "full_logits"):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               "0", str(tmp_path / "run.py"), str(tiny_llava_dir), str(tmp_path / "records.jsonl"), str(root),
-               str(out), loss]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        _launch_two(tmp_path / "run.py", tiny_llava_dir, tmp_path / "records.jsonl", root, out, loss)
     a0, a1, f0 = (np.load(out / name) for name in ("answer_only0.npz", "answer_only1.npz", "full_logits0.npz"))
     assert int(a0["world"]) == 2
     np.testing.assert_array_equal(a0["lm_head"], a1["lm_head"])

@@ -396,7 +396,8 @@ def tracking_parent(workdir: Path, flow_run_id: str | None, flow_run_name: str |
 def selfilter_pipeline(profile: str | None = None, overrides: dict[str, Any] | None = None,
                        targets: list[str] | None = None, workdir: str = ".",
                        feature_shards: int = 1, shard_devices: list[str] | None = None,
-                       force: bool = False) -> dict[str, Any]:
+                       force: bool = False, fan_out: str | None = None,
+                       lease_timeout_s: float = 120.0, unit_attempts: int = 3) -> dict[str, Any]:
     """Run the DVC pipeline in ``workdir`` with a params profile and overrides applied.
 
     profile: a name under profiles/ (``smoke``, ``gpu-llava7b``), a path, ``"default"`` (the
@@ -406,6 +407,10 @@ def selfilter_pipeline(profile: str | None = None, overrides: dict[str, Any] | N
     feature_shards: > 1 fans feature extraction out as that many mapped tasks (one per GPU of
         ``shard_devices``, or several workers' threads) before ``dvc repro features`` merges.
     force: ``dvc repro --force`` for the targets (reruns them even when DVC says up to date).
+    fan_out: a unit deployment (``selfilter-unit/unit``): every fine-tune run and its evaluation
+        goes to that deployment's work pool as one unit (flows/grid.py) before ``dvc repro
+        finetune`` / ``evaluate`` record them; ``lease_timeout_s``: a unit whose worker stops
+        beating this long is resubmitted; ``unit_attempts``: tries per unit.
     """
     from prefect.runtime import flow_run
 
@@ -437,8 +442,11 @@ def selfilter_pipeline(profile: str | None = None, overrides: dict[str, Any] | N
         groups = list(targets)
 
     done: list[str] = []
+    grid: dict[str, Any] | None = None
     with tracking_parent(root, flow_run.get_id(), flow_run.get_name(), profile) as link_env:
         for group in groups:
+            if group.split("@", 1)[0] == "finetune" and fan_out:
+                grid = _fan_out_grid(root, link_env, fan_out, lease_timeout_s, unit_attempts)
             if group.split("@", 1)[0] == "features" and feature_shards > 1:
                 _fan_out_features(root, link_env, feature_shards, shard_devices)
             runner = repro
@@ -448,7 +456,25 @@ def selfilter_pipeline(profile: str | None = None, overrides: dict[str, Any] | N
             runner(group, str(root), link_env, force)
             done.append(group)
         artifacts = publish_comparison(root)
-    return {"workdir": str(root), "stages": done, "params": applied, "artifacts": artifacts}
+    result = {"workdir": str(root), "stages": done, "params": applied, "artifacts": artifacts}
+    if grid is not None:
+        result["grid"] = grid
+    return result
+
+
+def _fan_out_grid(root: Path, extra_env: dict[str, str], deployment: str, lease_timeout_s: float,
+                  attempts: int) -> dict[str, Any]:
+    """The fine-tune runs and evaluations as units on the deployment's workers (flows/grid.py);
+    the ``dvc repro`` of both stages that follows finds them done and only records them."""
+    from flows.grid import GridFailed, fan_out
+
+    logger = get_run_logger()
+    try:
+        return fan_out(root, deployment, _stage_command(root, "finetune"), _stage_command(root, "evaluate"),
+                       stage_env(extra_env), lease_timeout_s=lease_timeout_s, max_attempts=attempts,
+                       log=logger.info)
+    except (GridFailed, RuntimeError) as e:
+        raise PipelineError(f"grid: {e}") from None
 
 
 def _fan_out_features(root: Path, extra_env: dict[str, str], num_shards: int,
@@ -497,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-shards", type=int, default=1)
     parser.add_argument("--shard-devices", nargs="*", default=None)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--fan-out", default=None, metavar="DEPLOYMENT",
+                        help="run every fine-tune + evaluation as a unit on this deployment's workers "
+                             "(e.g. selfilter-unit/unit; needs PREFECT_API_URL; docs/prefect.md)")
+    parser.add_argument("--lease-timeout", type=float, default=120.0,
+                        help="seconds without a heartbeat after which a unit's worker counts as dead")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -506,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key] = parse_yaml(value)
     return run_and_print(lambda: selfilter_pipeline(
         profile=args.profile, overrides=overrides or None, targets=args.targets, workdir=args.workdir,
-        feature_shards=args.feature_shards, shard_devices=args.shard_devices, force=args.force))
+        feature_shards=args.feature_shards, shard_devices=args.shard_devices, force=args.force,
+        fan_out=args.fan_out, lease_timeout_s=args.lease_timeout))
 
 
 def run_and_print(call: Callable[[], Any], errors: tuple[type[Exception], ...] = (PipelineError,)) -> int:

@@ -236,6 +236,24 @@ def read_curve_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+def _train_log_head(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = read_json(path)
+    return data if isinstance(data, dict) else {}
+
+
+def _where_trained(path: Path) -> dict[str, str]:
+    """The host and grid worker that trained a run (train_log.json; flows/grid.py), as tags."""
+    head = _train_log_head(path)
+    return {f"selfilter.{k}": str(head[k]) for k in ("host", "worker") if head.get(k)}
+
+
+def _train_wall_s(path: Path) -> float | None:
+    wall = _train_log_head(path).get("wall_s")
+    return float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
+
+
 def read_train_log(path: Path) -> dict[str, list[tuple[int, float]]]:
     """A training log JSON -> step series. Accepted shapes: a list of ``{"step", <name>: number}``
     entries, or an object holding that list under ``log_history`` (Hugging Face's
@@ -467,5 +485,9 @@ def _collect_comparisons(root: Path, params: dict[str, Any], report_file: Path,
                 if (ckpt / name).is_file():
                     run.curves.update({f"train/{k}": v for k, v in read_train_log(ckpt / name).items()})
                     break
+            run.tags.update(_where_trained(ckpt / "train_log.json"))
+            wall = _train_wall_s(ckpt / "train_log.json")
+            if wall is not None:
+                run.metrics["train_wall_s"] = wall
         runs.append(run)
     return runs

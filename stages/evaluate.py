@@ -22,11 +22,17 @@ exact match and token F1 on short answers) for yours. Other task names (the GPU 
 their datasets the way lmms-eval does.
 A run that lmms-eval silently botched (swallowed generation errors, empty or missing outputs)
 fails the stage (selfilter.evaluation.guard).
+
+``--only METHOD/RUN`` (repeatable; ``_base`` for the base model) evaluates just those and
+writes no summary, removing nothing: a grid unit (flows/grid.py) beside other units in a shared
+workspace; the ``dvc repro evaluate`` after the grid writes the summaries. ``--plan`` prints
+what is still to evaluate (of the checkpoints that exist) as JSON and evaluates nothing.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import shutil
 import sys
 import tempfile
@@ -53,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="the base model (models/base): evaluated too, as the reference; its tokenizer "
                                   "counts the held-out answers' tokens")
     p.add_argument("--out", required=True, help="output root: <method>/<run>/ per checkpoint")
+    p.add_argument("--only", action="append", metavar="METHOD/RUN",
+                   help="evaluate only this checkpoint (repeatable; _base: the base model); no summaries, "
+                        "nothing removed")
+    p.add_argument("--plan", action="store_true", help="print what is still to evaluate as a JSON list")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -67,20 +77,21 @@ def _run(args: argparse.Namespace) -> int:
     tasks = resolve_tasks(cfg.tasks, info.benchmark_kind)
     bench_files = _benchmark_files(info, args.pool)
     settings_digest = _settings_digest(cfg, tasks, bench_files)
-    checkpoints = {m: find_checkpoints(Path(args.runs) / m) for m in methods if _has_runs(Path(args.runs) / m)}
-    if out.is_dir():  # results of checkpoints or methods that no longer exist must not linger
-        for d in out.iterdir():
-            if d.is_dir() and d.name not in checkpoints and d.name != BASE_DIR:
-                shutil.rmtree(d)
-        for m, ckpts in checkpoints.items():
-            names = {c.name for c in ckpts}
-            for d in (out / m).iterdir() if (out / m).is_dir() else ():
-                if d.is_dir() and d.name not in names:
-                    shutil.rmtree(d)
+    only = set(args.only) if args.only else None
+    if only is not None:
+        wanted = _only_wanted(only, Path(args.runs), out, args.base)
+        checkpoints = {}
+    else:
+        if args.plan:  # what a grid would still have to evaluate: the finished runs (others may be training)
+            checkpoints = {m: sorted(d.parent for d in (Path(args.runs) / m).glob("*/done.json")) for m in methods}
+        else:
+            checkpoints = {m: find_checkpoints(Path(args.runs) / m) for m in methods
+                           if _has_runs(Path(args.runs) / m)}
+            _remove_stale(out, checkpoints)
+        wanted = [(f"{m}/{c.name}", c, out / m / c.name) for m, ckpts in checkpoints.items() for c in ckpts]
+        if args.base:
+            wanted.append((BASE_DIR, Path(args.base), out / BASE_DIR))
     jobs, digests, done = [], {}, {}
-    wanted = [(f"{m}/{c.name}", c, out / m / c.name) for m, ckpts in checkpoints.items() for c in ckpts]
-    if args.base:
-        wanted.append((BASE_DIR, Path(args.base), out / BASE_DIR))
     for name, c, target in wanted:
         digests[name] = file_digest(c)
         meta = sidecar_path(target / "metrics.json")
@@ -89,9 +100,15 @@ def _run(args: argparse.Namespace) -> int:
             if prev.get("checkpoint_sha256") == digests[name] and prev.get("settings_sha256") == settings_digest:
                 done[name] = read_json(target / "metrics.json")
                 continue
+        if args.plan:
+            jobs.append(Job(name, c, target, reference=name == BASE_DIR))
+            continue
         if target.exists():
             shutil.rmtree(target)
         jobs.append(Job(name, c, target, reference=name == BASE_DIR))
+    if args.plan:
+        print(json.dumps([j.name for j in jobs]))
+        return 0
     t0 = time.perf_counter()
     metrics: dict = {}
     if jobs:
@@ -108,6 +125,10 @@ def _run(args: argparse.Namespace) -> int:
                           settings_sha256=settings_digest)
     wall = time.perf_counter() - t0
     metrics.update(done)
+    if only is not None:
+        print(f"evaluate: {len(jobs)} checkpoint(s) evaluated, {len(done)} up to date ({', '.join(sorted(only))}), "
+              f"{wall:.1f}s -> {out}")
+        return 0
     for m, ckpts in checkpoints.items():
         write_json(out / m / "summary.json", {
             "method": m, "tasks": tasks, "bench_sha256": settings_digest,
@@ -122,6 +143,37 @@ def _run(args: argparse.Namespace) -> int:
 
 
 BASE_DIR = "_base"  # OUT/_base: the base model's scores (a folder name no method can have)
+
+
+def _remove_stale(out: Path, checkpoints: dict[str, list[Path]]) -> None:
+    """Results of checkpoints or methods that no longer exist must not linger."""
+    if not out.is_dir():
+        return
+    for d in out.iterdir():
+        if d.is_dir() and d.name not in checkpoints and d.name != BASE_DIR:
+            shutil.rmtree(d)
+    for m, ckpts in checkpoints.items():
+        names = {c.name for c in ckpts}
+        for d in (out / m).iterdir() if (out / m).is_dir() else ():
+            if d.is_dir() and d.name not in names:
+                shutil.rmtree(d)
+
+
+def _only_wanted(only: set[str], runs: Path, out: Path, base: str | None) -> list[tuple[str, Path, Path]]:
+    """(name, checkpoint, output folder) of each ``--only`` name; a checkpoint that is not
+    finished (no done.json) is an error naming it - other runs may still be training."""
+    wanted = []
+    for name in sorted(only):
+        if name == BASE_DIR:
+            if not base:
+                raise ValueError("--only _base: pass --base (the base model)")
+            wanted.append((name, Path(base), out / BASE_DIR))
+            continue
+        ckpt = runs / name
+        if name.count("/") != 1 or not (ckpt / "done.json").is_file() or not (ckpt / "config.json").is_file():
+            raise FileNotFoundError(f"{ckpt}: no finished checkpoint (done.json) for --only {name}")
+        wanted.append((name, ckpt, out / name))
+    return wanted
 
 
 def _has_runs(method_dir: Path) -> bool:

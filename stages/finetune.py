@@ -13,6 +13,10 @@ last, ``done.json`` with the digest of (subset file, recipe params, base model).
 runs whose marker digest matches (OUT is ``persist: true`` in dvc.yaml, so DVC keeps it),
 resumes an interrupted run from its ``checkpoint/``, and removes run folders of subsets that no
 longer exist. A run without ``done.json`` is never used downstream.
+
+``--only METHOD/RUN`` (repeatable) trains just those runs and removes nothing else: a grid
+unit (flows/grid.py) on another machine writing into a shared workspace, beside other units.
+``--plan`` prints the runs still to do as JSON (after the usual clean-up) and trains nothing.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from selfilter import console, needs
 from selfilter.config import ConfigError, load_section
+from selfilter.grid import machine
 from selfilter.selection.config import compared_methods
 from selfilter.training.config import FinetuneConfig
 from stages._common import StageParser, run_stage
@@ -44,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="base VLM folder (save_pretrained) or hub name")
     p.add_argument("--out", required=True, help="output root: <method>/b<budget>_s<seed>/ per run")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--only", action="append", metavar="METHOD/RUN",
+                   help="train only this run, e.g. random/b0.15_s0 (repeatable); nothing else is removed")
+    p.add_argument("--plan", action="store_true", help="print the runs still to do as a JSON list; train nothing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +70,9 @@ class _Job:
         return f"{self.method}/{self.spec.name}"
 
 
-def _plan(args, cfg, methods, out: Path) -> list[_Job]:
-    """The runs still to do (digest differs or no marker); stale run folders are removed."""
+def _plan(args, cfg, methods, out: Path, only: set[str] | None = None) -> list[_Job]:
+    """The runs still to do (digest differs or no marker); stale run folders are removed -
+    except with ``only`` (a grid unit): then just those runs are planned and nothing removed."""
     from selfilter.io import file_digest, read_json
     from selfilter.training.finetune import discover_subsets, run_digest
 
@@ -74,12 +83,14 @@ def _plan(args, cfg, methods, out: Path) -> list[_Job]:
         if needs.read_left_out(Path(args.selections) / method):
             # nothing to train: the select stage left the method out and said why (the report too)
             log.info("%s: left out by its select stage (selections/%s/left_out.json)", method, method)
-            if (out / method).is_dir():
+            if only is None and (out / method).is_dir():
                 shutil.rmtree(out / method)
             continue
         specs = discover_subsets(Path(args.selections) / method)
         method_out = out / method
-        if method_out.is_dir():  # run folders of subsets that are gone (budgets/seeds changed)
+        if only is not None:
+            specs = [s for s in specs if f"{method}/{s.name}" in only]
+        elif method_out.is_dir():  # run folders of subsets that are gone (budgets/seeds changed)
             wanted = {s.name for s in specs}
             for d in method_out.iterdir():
                 if d.is_dir() and d.name not in wanted:
@@ -97,7 +108,14 @@ def _plan(args, cfg, methods, out: Path) -> list[_Job]:
                 if not isinstance(r, dict) or not isinstance(r.get("uid"), int):
                     raise ValueError(f"{spec.path}: record {i} has no integer 'uid'")
             jobs.append(_Job(method, spec, digest, records))
-    if out.is_dir():
+    if only is not None:
+        planned = {j.name for j in jobs} | {f"{m}/{s.name}" for m in methods
+                                             if not needs.read_left_out(Path(args.selections) / m)
+                                             for s in discover_subsets(Path(args.selections) / m)}
+        unknown = sorted(only - planned)
+        if unknown:
+            raise ValueError(f"--only {unknown[0]}: no such run (selections/<method>/<run>/subset.json)")
+    elif out.is_dir():
         for d in out.iterdir():
             if d.is_dir() and d.name not in methods:
                 log.info("removing runs of a method no longer compared: %s", d)
@@ -157,6 +175,7 @@ def _train_one(job: _Job) -> tuple[str, int, float, float]:
             "epochs": round(result.step * cfg.batch_size * accelerator.num_processes / len(data), 4),
             "final_loss": sum(tail) / len(tail), "resumed_from": result.resumed_from,
             "wall_s": round(result.wall_s, 3), "save_s": round(time.perf_counter() - save_started, 3),
+            **machine(),
             "log": result.log,
         })
     remove_checkpoint(accelerator, run_dir)
@@ -185,8 +204,16 @@ def _run(args: argparse.Namespace) -> int:
     from selfilter.training.loop import make_accelerator
 
     out = Path(args.out)
+    only = set(args.only) if args.only else None
     methods = compared_methods(args.params, args.methods)
-    jobs = _plan(args, cfg, methods, out)
+    if only is not None:
+        methods = [m for m in methods if any(u.split("/", 1)[0] == m for u in only)] or methods
+    jobs = _plan(args, cfg, methods, out, only)
+    if args.plan:
+        import json
+
+        print(json.dumps([j.name for j in jobs]))
+        return 0
     if not jobs:
         log.info("all runs of %s up to date", ", ".join(methods))
         return 0

@@ -311,7 +311,8 @@ class Report:
 
         return render_markdown(self.summary, self.qtypes, self.checks, self.costs, self.recipe, self.cfg, plots,
                                left_out=self.left_out, benchmark=self.benchmark,
-                               notes=[*anomaly_notes(self.summary), *self.notes])
+                               notes=[*anomaly_notes(self.summary), *self.notes],
+                               machine_time=self.finetune_s_by_machine())
 
     @property
     def calibration(self) -> str:
@@ -349,7 +350,22 @@ class Report:
         out["cost"] = {"runs": len(self.runs), "finetune_s": _finite(math.fsum(trains)),
                        "selection_s": _finite(math.fsum(selections)),
                        "judge_requests": max((c["requests"] for c in self.costs.values()), default=0)}
+        by_machine = self.finetune_s_by_machine()
+        if len(by_machine) > 1:  # a grid over several workers (flows/grid.py): machine time per worker
+            out["cost"]["finetune_s_by_worker"] = by_machine
+
         return out
+
+    def finetune_s_by_machine(self) -> dict[str, float]:
+        """Fine-tuning seconds summed per ``worker@host`` (train_log.json): on a grid, the
+        machine time each worker spent; the total is ``cost.finetune_s``."""
+        out: dict[str, float] = {}
+        for r in self.runs:
+            if r.train.get("wall_s") is None:
+                continue
+            key = f"{r.train.get('worker', 'local')}@{r.train.get('host', '?')}"
+            out[key] = round(out.get(key, 0.0) + float(r.train["wall_s"]), 3)
+        return dict(sorted(out.items()))
 
     def metrics_json(self) -> dict[str, Any]:
         return {"runs": [r.manifest() for r in self.runs],

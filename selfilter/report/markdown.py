@@ -135,7 +135,7 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
                     checks: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping[str, Any]],
                     recipe: Mapping[str, Any], cfg: CompareConfig, plots: Sequence[str] = (), *,
                     left_out: Mapping[str, str] | None = None, benchmark: Mapping[str, Any] | None = None,
-                    notes: Sequence[str] = ()) -> str:
+                    notes: Sequence[str] = (), machine_time: Mapping[str, float] | None = None) -> str:
     methods = summary["methods"]
     budgets = sorted({b for m in methods.values() for b in m}, key=float)
     tasks = sorted({k.split("/", 1)[0] for m in methods.values() for g in m.values()
@@ -224,6 +224,10 @@ def render_markdown(summary: Mapping[str, Any], qtypes: Mapping[str, Mapping[str
             out.append(f"| {m} | {budget_label(b)} | {_num(g['selection_wall_s'], '{:.3f}')} | "
                        f"{c.get('requests', '-')} | {c.get('tokens', '-')} | {_num(g['train_wall_s'])} | "
                        f"{_num(g['train_steps'], '{:.0f}')} | {scoring} |")
+    if machine_time and len(machine_time) > 1:  # the grid ran on several workers (flows/grid.py)
+        total = sum(machine_time.values())
+        out += ["", f"Fine-tuning machine time summed over the grid's workers: {total:.1f} s "
+                    f"({', '.join(f'{k} {v:.1f} s' for k, v in machine_time.items())})."]
     out += ["", "## Calibration checks", ""]
     for c in checks:
         out.append(f"- **{c['status'].upper()}** `{c['name']}`: {c['detail']}")

@@ -118,3 +118,35 @@ def test_a_reference_job_records_the_guard_error_and_a_run_job_fails(tmp_path):
     assert "all 3 predictions are empty" in out["_base"]["error"]
     with pytest.raises(EvaluationError):
         run_jobs([Job("m/b0.15_s0", tmp_path / "ck", tmp_path / "o2")], FailingEvaluator)
+
+
+@pytest.mark.slow
+def test_evaluate_only_scores_one_finished_checkpoint_beside_unfinished_ones(bench_dir, tiny_llava_dir, tmp_path,
+                                                                            capsys):
+    """A grid unit (`--only`): only that checkpoint, the same metrics as the whole stage, no
+    summary written and nothing removed; `--plan` names finished checkpoints only (others may be
+    training); an unfinished one is refused with one line naming it."""
+    from stages.evaluate import main
+
+    runs = tmp_path / "runs" / "random"
+    shutil.copytree(tiny_llava_dir, runs / "b0.15_s0")
+    (runs / "b0.15_s0" / "done.json").write_text("{}")
+    (runs / "b0.15_s1").mkdir()  # still training on another worker: no config.json, no done.json
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  tasks: [shapes_count]\n  limit: 2\n  workers: 1\n")
+    base = ["--params", str(params), "--method", "random", "--runs", str(tmp_path / "runs"),
+            *_shapes_pool(tmp_path, bench_dir)]
+    (tmp_path / "evals" / "random" / "b0.15_s9").mkdir(parents=True)  # a stale result the unit must not touch
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "evals"), "--plan"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == ["random/b0.15_s0"]
+    assert main([*base, "--out", str(tmp_path / "evals"), "--only", "random/b0.15_s0"]) == 0
+    unit = tmp_path / "evals" / "random"
+    assert (unit / "b0.15_s0" / "metrics.json.meta.json").is_file() and (unit / "b0.15_s9").is_dir()
+    assert not (unit / "summary.json").exists()
+    assert main([*base, "--out", str(tmp_path / "evals"), "--only", "random/b0.15_s1"]) == 1
+    assert "b0.15_s1: no finished checkpoint (done.json) for --only random/b0.15_s1" in capsys.readouterr().err
+    shutil.rmtree(runs / "b0.15_s1")
+    assert main([*base, "--out", str(tmp_path / "whole")]) == 0
+    assert ((tmp_path / "whole/random/b0.15_s0/metrics.json").read_bytes()
+            == (unit / "b0.15_s0/metrics.json").read_bytes())

@@ -105,7 +105,7 @@ def test_prefect_yaml_defines_smoke_gpu_and_regimes_deployments():
         path, func = d["entrypoint"].split(":")
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
         accepted = set(inspect.signature(flow.fn).parameters)
-        assert set(d["parameters"]) <= accepted, (d["name"], set(d["parameters"]) - accepted)
+        assert set(d.get("parameters", {})) <= accepted, (d["name"], set(d.get("parameters", {})) - accepted)
     (step,) = spec["pull"]
     assert "selfilter.checkout.use_checkout" in step  # no SELFILTER_ROOT needed (tests/flows/test_checkout.py)
 

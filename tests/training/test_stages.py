@@ -158,3 +158,41 @@ def test_el2n_scores_every_uid(workspace, tiny_llava_dir):
     assert table["uid"].tolist() == list(range(40))
     assert table["el2n"].between(0, np.sqrt(2)).all()
     np.testing.assert_allclose(table["el2n"], (table["el2n_seed0"] + table["el2n_seed1"]) / 2)
+
+
+def test_finetune_only_trains_one_run_as_the_whole_stage_would_and_removes_nothing(workspace, tiny_llava_dir,
+                                                                                    tmp_path, capsys):
+    """A grid unit (`--only`, flows/grid.py): the same bytes as the whole stage's run, other
+    run folders untouched (another worker may be writing them); `--plan` lists what is left."""
+    from stages.finetune import main
+
+    ws, images = workspace
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["finetune"].update(workers=2, torch_threads=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def args(out, *extra):
+        return ["--params", str(tmp_path / "params.yaml"), "--method", "toy", "--selections", str(ws / "selections"),
+                "--image-dir", str(images), "--model", str(tiny_llava_dir), "--out", str(out), "--no-progress", *extra]
+
+    assert main(args(tmp_path / "whole")) == 0
+    unit = tmp_path / "unit"
+    (unit / "toy" / "b0.5_s1").mkdir(parents=True)
+    (unit / "toy" / "b0.5_s1" / "half-written").write_text("another worker's")
+    (unit / "gone_method").mkdir()
+    capsys.readouterr()
+    assert main(args(unit, "--plan")) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == ["toy/b0.25_s0", "toy/b0.5_s1"]
+    assert not (unit / "gone_method").exists()  # --plan is the host's: it cleans up like the stage
+    (unit / "gone_method").mkdir()
+    assert main(args(unit, "--only", "toy/b0.25_s0")) == 0
+    assert ((unit / "toy/b0.25_s0/model.safetensors").read_bytes()
+            == (tmp_path / "whole/toy/b0.25_s0/model.safetensors").read_bytes())
+    assert (unit / "toy/b0.5_s1/half-written").is_file() and (unit / "gone_method").is_dir()
+    log = read_json(unit / "toy/b0.25_s0/train_log.json")
+    assert log["worker"] == "local" and log["host"]
+    capsys.readouterr()
+    assert main(args(unit, "--plan")) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == ["toy/b0.5_s1"]
+    assert main(args(unit, "--only", "toy/b9_s9")) == 1
+    assert "--only toy/b9_s9: no such run" in capsys.readouterr().err

@@ -146,15 +146,18 @@ def plan_units(root: Path, finetune_cmd: list[str], evaluate_cmd: list[str], env
 
 def fan_out(root: Path, deployment: str, finetune_cmd: list[str], evaluate_cmd: list[str], env: dict[str, str],
             *, grid_id: str | None = None, lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
-            max_attempts: int = 3, poll_s: float = 2.0, log=print) -> dict[str, Any]:
-    """Submit every unit to ``deployment``'s work pool and wait for all; returns a summary.
-    Raises GridFailed when a unit ran out of attempts."""
+            max_attempts: int = 3, poll_s: float = 2.0, units: list[str] | None = None,
+            log=print) -> dict[str, Any]:
+    """Submit every unit still to do to ``deployment``'s work pool and wait for all; returns a
+    summary. ``units``: only these (of those still to do; benchmarks). Raises GridFailed when a
+    unit ran out of attempts."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.states import Crashed
 
     grid_id = grid_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    units = plan_units(root, finetune_cmd, evaluate_cmd, env)
+    planned = plan_units(root, finetune_cmd, evaluate_cmd, env)
+    units = [u for u in planned if units is None or u in units]
     if not units:
         log("grid: every unit is up to date")
         return {"grid": grid_id, "units": [], "workers": {}}

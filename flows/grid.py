@@ -156,6 +156,7 @@ def fan_out(root: Path, deployment: str, finetune_cmd: list[str], evaluate_cmd: 
     from prefect.states import Crashed
 
     grid_id = grid_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    _check_deployment(deployment)
     planned = plan_units(root, finetune_cmd, evaluate_cmd, env)
     units = [u for u in planned if units is None or u in units]
     if not units:
@@ -198,6 +199,24 @@ def fan_out(root: Path, deployment: str, finetune_cmd: list[str], evaluate_cmd: 
         f"{len(outcome.resubmitted)} resubmitted")
     return {"grid": grid_id, "units": outcome.done, "workers": workers,
             "resubmitted": [list(r) for r in outcome.resubmitted]}
+
+
+def _check_deployment(deployment: str) -> None:
+    """Before any work: a server to talk to, and the unit deployment on it - in one line each."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise RuntimeError("fan_out needs a Prefect server that the workers reach: set PREFECT_API_URL "
+                           "(docs/prefect.md, \"The grid on N GPU machines\")")
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise RuntimeError(f"deployment {deployment!r} not found on {api}: run `prefect deploy --name unit` "
+                               f"from a checkout, and start workers on its pool") from None
 
 
 # --------------------------------------------------------------------------- worker start

@@ -93,10 +93,12 @@ def _grid_arm(ws: Path, units: list[str], k: int, api: str, env: dict[str, str],
     try:
         time.sleep(5)  # workers polling
         finetune_cmd, evaluate_cmd = _stage_cmds(ws)
-        os.environ.update(PREFECT_API_URL=api)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
         t0 = time.perf_counter()
-        out = fan_out(ws, "selfilter-unit/unit", finetune_cmd, evaluate_cmd, _env(PREFECT_API_URL=api),
-                      units=units, poll_s=1.0, log=lambda s: None)
+        with temporary_settings({PREFECT_API_URL: api}):  # prefect was imported before the server existed
+            out = fan_out(ws, "selfilter-unit/unit", finetune_cmd, evaluate_cmd, _env(PREFECT_API_URL=api),
+                          units=units, poll_s=1.0, log=lambda s: None)
         wall = time.perf_counter() - t0
     finally:
         for w in workers:

@@ -84,7 +84,7 @@ def _stages_arm(ws: Path, units: list[str]) -> float:
 
 def _grid_arm(ws: Path, units: list[str], k: int, api: str, env: dict[str, str], logs: Path) -> dict:
     sys.path.insert(0, str(REPO))
-    from flows.grid import fan_out
+    from flows.grid import fan_out, run_units
 
     workers = [subprocess.Popen([sys.executable, "-m", "flows.grid", "worker", "--workspace", str(ws), "--pool",
                                  "bench-units", "--name", f"w{i}", "--checkout", str(REPO)], cwd=REPO, env=env,
@@ -97,8 +97,9 @@ def _grid_arm(ws: Path, units: list[str], k: int, api: str, env: dict[str, str],
 
         t0 = time.perf_counter()
         with temporary_settings({PREFECT_API_URL: api}):  # prefect was imported before the server existed
-            out = fan_out(ws, "selfilter-unit/unit", finetune_cmd, evaluate_cmd, _env(PREFECT_API_URL=api),
-                          units=units, poll_s=1.0, log=lambda s: None)
+            planned = run_units(ws, finetune_cmd, evaluate_cmd, _env(PREFECT_API_URL=api))
+            out = fan_out(ws, "selfilter-unit/unit", {u: planned[u] for u in units}, poll_s=1.0,
+                          log=lambda s: None)
         wall = time.perf_counter() - t0
     finally:
         for w in workers:

@@ -32,45 +32,65 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from selfilter.grid import (BASE_UNIT, WORKER_ENV, GridFailed, Lease, UnitRefused, code_digest, machine,
+from selfilter.grid import (WORKER_ENV, GridFailed, Lease, UnitRefused, code_digest, machine,
                             preflight, profile_needs_gpu, read_records, record_path, supervise, unit_done,
                             write_record)
 
 UNIT_DEPLOYMENT = "selfilter-unit/unit"
-HOLD_ENV = "SELFILTER_GRID_HOLD"   # tests: a folder; a unit stops between its two stages and says so there
+HOLD_ENV = "SELFILTER_GRID_HOLD"   # tests: a folder; a unit stops between its first two steps and says so there
 DEFAULT_LEASE_TIMEOUT_S = 120.0
 
 
 def _python_argv(cmd: list[str], checkout: Path) -> tuple[list[str], dict[str, str]]:
-    """A dvc.yaml command (``python -m stages.x ...``) as this interpreter running this
-    checkout's code in another folder: ``-P`` keeps the working folder off sys.path."""
-    if not cmd or Path(cmd[0]).name not in ("python", "python3"):
+    """A stage command (``python -m stages.x ...``) as this interpreter running this checkout's
+    code in another folder: ``-P`` keeps the working folder off sys.path. Nothing but a stage
+    module runs: a unit's commands arrive as flow-run parameters."""
+    if len(cmd) < 3 or Path(cmd[0]).name not in ("python", "python3") or cmd[1] != "-m" \
+            or not cmd[2].startswith("stages."):
         raise UnitRefused(f"unit command {' '.join(cmd[:3])}...: expected `python -m stages.<name> ...`")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [env.get("PYTHONPATH")])])
     return [sys.executable, "-P", *cmd[1:]], env
 
 
-def _run_stage(cmd: list[str], workspace: Path, checkout: Path, unit: str, log) -> None:
-    argv, env = _python_argv([*cmd, "--only", unit], checkout)
+def _run_step(cmd: list[str], workspace: Path, checkout: Path, unit: str, log) -> None:
+    argv, env = _python_argv(cmd, checkout)
     proc = subprocess.run(argv, cwd=workspace, env=env, capture_output=True, text=True)
     for line in (proc.stdout + proc.stderr).splitlines()[-20:]:
         log.info("%s", line)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(f"unit {unit}: `{' '.join(cmd[:3])} --only {unit}` exit {proc.returncode}: {tail[0]}")
+        raise RuntimeError(f"unit {unit}: `{' '.join(cmd[:3])}` exit {proc.returncode}: {tail[0]}")
+
+
+def _remove_outputs(workspace: Path, paths: list[str]) -> None:
+    """What DVC does before it runs a stage: its (non-persistent) outputs go first."""
+    import shutil
+
+    root = workspace.resolve()
+    for rel in paths:
+        target = (workspace / rel).resolve()
+        if target == root or root not in target.parents:
+            raise UnitRefused(f"output {rel!r} is not inside the workspace {workspace}")
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 @flow(name="selfilter-unit", flow_run_name="{unit}", log_prints=True)
-def selfilter_unit(workspace: str, unit: str, grid_id: str, host_code: str, finetune_cmd: list[str],
-                   evaluate_cmd: list[str], attempt: int = 1,
+def selfilter_unit(workspace: str, unit: str, grid_id: str, host_code: str, steps: list[list[str]],
+                   remove: list[str] | None = None, attempt: int = 1,
                    lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S) -> dict[str, Any]:
-    """One unit of the grid: ``<method>/<run>`` (fine-tune, then evaluate) or ``_base``.
+    """One unit of the grid: its ``steps`` (stage commands as dvc.yaml resolves them) in order.
 
-    Runs in the worker's own checkout (prefect.yaml's pull step) on the shared ``workspace``.
-    Refuses, with one line and before any work, when the workspace is not visible or writable
-    here, when the profile needs a GPU this machine lacks, or when this checkout's code differs
-    from the host's (``host_code``, selfilter.grid.code_digest)."""
+    ``<method>/<run>``: the fine-tune and the evaluation of one run (``--only``); ``_base``: the
+    base model's evaluation; ``stage:<name>``: one whole DVC stage (``stage1@scores``,
+    ``el2n``, ``score@ifd``), its outputs in ``remove`` cleared first as DVC would;
+    ``shard:<i>of<n>``: one feature shard. Runs in the worker's own checkout (prefect.yaml's pull
+    step) on the shared ``workspace``. Refuses, with one line and before any work, when the
+    workspace is not visible or writable here, when the profile needs a GPU this machine lacks,
+    or when this checkout's code differs from the host's (``host_code``)."""
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
@@ -90,12 +110,15 @@ def selfilter_unit(workspace: str, unit: str, grid_id: str, host_code: str, fine
         if mine != host_code:
             raise UnitRefused(f"{where['host']}: checkout {checkout} has other code than the grid's host "
                               f"(digest {mine[:12]} vs {host_code[:12]}); check out the host's commit there")
+        for cmd in steps:
+            _python_argv(cmd, checkout)  # every command checked before any runs
         write_record(record, {**base, "status": "started", "started": started})
         with Lease.for_unit(ws, unit, lease_timeout_s).held(base):
-            if unit != BASE_UNIT:
-                _run_stage(finetune_cmd, ws, checkout, unit, logger)
-                _hold_for_test(unit)
-            _run_stage(evaluate_cmd, ws, checkout, unit, logger)
+            _remove_outputs(ws, list(remove or []))
+            for i, cmd in enumerate(steps):
+                _run_step(cmd, ws, checkout, unit, logger)
+                if i == 0 and len(steps) > 1:
+                    _hold_for_test(unit)
     except UnitRefused as e:
         if record is not None and record.parent.parent.is_dir():
             write_record(record, {**base, "status": "refused", "why": str(e)})
@@ -112,8 +135,9 @@ def selfilter_unit(workspace: str, unit: str, grid_id: str, host_code: str, fine
 
 
 def _hold_for_test(unit: str) -> None:
-    """With $SELFILTER_GRID_HOLD (tests only): stop inside the unit, after the fine-tune and
-    before the evaluation, and say so in that folder - a kill then lands mid-unit for certain."""
+    """With $SELFILTER_GRID_HOLD (tests only): stop inside the unit, after its first step (a
+    run's fine-tune) and before the next (its evaluation), and say so in that folder - a kill
+    then lands mid-unit for certain."""
     hold = os.environ.get(HOLD_ENV)
     if not hold:
         return
@@ -126,42 +150,58 @@ def _hold_for_test(unit: str) -> None:
         time.sleep(1)
 
 
-# --------------------------------------------------------------------------- host side
+# --------------------------------------------------------------------------- host side: what the units are
 
-def plan_units(root: Path, finetune_cmd: list[str], evaluate_cmd: list[str], env: dict[str, str]) -> list[str]:
-    """Units still to do: runs to train (and so evaluate), finished runs not yet evaluated, the base."""
-    units: list[str] = []
-    for cmd in (finetune_cmd, evaluate_cmd):
-        argv = [sys.executable, *cmd[1:], "--plan"]
-        proc = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`{' '.join(cmd[:3])} --plan` exit {proc.returncode}: "
-                               f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
-        if not lines:
-            raise RuntimeError(f"`{' '.join(cmd[:3])} --plan` printed no plan:\n{proc.stdout[-2000:]}")
-        units += [u for u in json.loads(lines[-1]) if u not in units]
+def _plan(cmd: list[str], root: Path, env: dict[str, str]) -> list[str]:
+    argv = [sys.executable, *cmd[1:], "--plan"]
+    proc = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd[:3])} --plan` exit {proc.returncode}: "
+                           f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+    if not lines:
+        raise RuntimeError(f"`{' '.join(cmd[:3])} --plan` printed no plan:\n{proc.stdout[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def run_units(root: Path, finetune_cmd: list[str], evaluate_cmd: list[str],
+              env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Runs still to train (then evaluate), trained runs not yet evaluated, the base model's
+    evaluation: ``{unit: {"steps": [...]}}``."""
+    to_train = _plan(finetune_cmd, root, env)
+    units = {u: {"steps": [[*finetune_cmd, "--only", u], [*evaluate_cmd, "--only", u]]} for u in to_train}
+    for u in _plan(evaluate_cmd, root, env):
+        units.setdefault(u, {"steps": [[*evaluate_cmd, "--only", u]]})
     return units
 
 
-def fan_out(root: Path, deployment: str, finetune_cmd: list[str], evaluate_cmd: list[str], env: dict[str, str],
-            *, grid_id: str | None = None, lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
-            max_attempts: int = 3, poll_s: float = 2.0, units: list[str] | None = None,
+def stage_units(stages: dict[str, tuple[list[str], list[str]]]) -> dict[str, dict[str, Any]]:
+    """``{stage name: (command, outputs to clear)}`` -> one unit per whole stage."""
+    return {f"stage:{name}": {"steps": [cmd], "remove": outs} for name, (cmd, outs) in stages.items()}
+
+
+def shard_units(command: list[str], num_shards: int) -> dict[str, dict[str, Any]]:
+    """Feature extraction as ``num_shards`` units; the ``dvc repro features`` after merges."""
+    return {f"shard:{i}of{num_shards}": {"steps": [[*command, "--shard-index", str(i), "--num-shards",
+                                                    str(num_shards)]]} for i in range(num_shards)}
+
+
+# --------------------------------------------------------------------------- host side: the fan-out
+
+def fan_out(root: Path, deployment: str, units: dict[str, dict[str, Any]], *, grid_id: str | None = None,
+            lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S, max_attempts: int = 3, poll_s: float = 2.0,
             log=print) -> dict[str, Any]:
-    """Submit every unit still to do to ``deployment``'s work pool and wait for all; returns a
-    summary. ``units``: only these (of those still to do; benchmarks). Raises GridFailed when a
-    unit ran out of attempts."""
+    """Submit every unit to ``deployment``'s work pool and wait for all; returns a summary.
+    Raises GridFailed when a unit ran out of attempts."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.states import Crashed
 
     grid_id = grid_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    _check_deployment(deployment)
-    planned = plan_units(root, finetune_cmd, evaluate_cmd, env)
-    units = [u for u in planned if units is None or u in units]
     if not units:
         log("grid: every unit is up to date")
         return {"grid": grid_id, "units": [], "workers": {}}
+    _check_deployment(deployment)
     host_code = code_digest(root)
     log(f"grid {grid_id}: {len(units)} unit(s) to {deployment}")
     client = get_client(sync_client=True)
@@ -170,7 +210,7 @@ def fan_out(root: Path, deployment: str, finetune_cmd: list[str], evaluate_cmd: 
         def submit(unit: str, attempt: int) -> str:
             run = run_deployment(deployment, timeout=0, as_subflow=True, parameters={
                 "workspace": str(root), "unit": unit, "grid_id": grid_id, "host_code": host_code,
-                "finetune_cmd": finetune_cmd, "evaluate_cmd": evaluate_cmd, "attempt": attempt,
+                "steps": units[unit]["steps"], "remove": units[unit].get("remove"), "attempt": attempt,
                 "lease_timeout_s": lease_timeout_s})
             return str(run.id)
 
@@ -184,7 +224,7 @@ def fan_out(root: Path, deployment: str, finetune_cmd: list[str], evaluate_cmd: 
         def mark_crashed(run_id: str, why: str) -> None:
             client.set_flow_run_state(uuid.UUID(run_id), Crashed(message=why), force=True)
 
-        outcome = supervise(units, submit=submit, state_of=state_of,
+        outcome = supervise(list(units), submit=submit, state_of=state_of,
                             is_done=lambda u: unit_done(root, grid_id, u),
                             lease_of=lambda u: Lease.for_unit(root, u, lease_timeout_s),
                             mark_crashed=mark_crashed, max_attempts=max_attempts, poll_s=poll_s, log=log)
@@ -271,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-__all__ = ["selfilter_unit", "fan_out", "plan_units", "GridFailed", "UNIT_DEPLOYMENT"]
+__all__ = ["selfilter_unit", "fan_out", "run_units", "stage_units", "shard_units", "GridFailed", "UNIT_DEPLOYMENT"]
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

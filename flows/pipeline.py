@@ -442,13 +442,24 @@ def selfilter_pipeline(profile: str | None = None, overrides: dict[str, Any] | N
         groups = list(targets)
 
     done: list[str] = []
-    grid: dict[str, Any] | None = None
+    grids: list[dict[str, Any]] = []
+    stage_grid_done = False
     with tracking_parent(root, flow_run.get_id(), flow_run.get_name(), profile) as link_env:
         for group in groups:
+            if fan_out and group in GRID_STAGE_GROUPS and not stage_grid_done:
+                # every stage of these groups at once, one unit each; then the dvc repro of
+                # each group finds them recorded (dvc commit) and runs nothing
+                grids.append(_fan_out_stages(root, link_env, fan_out, lease_timeout_s, unit_attempts,
+                                             [g for g in groups if g in GRID_STAGE_GROUPS]))
+                stage_grid_done = True
             if group.split("@", 1)[0] == "finetune" and fan_out:
-                grid = _fan_out_grid(root, link_env, fan_out, lease_timeout_s, unit_attempts)
+                grids.append(_fan_out_grid(root, link_env, fan_out, lease_timeout_s, unit_attempts))
             if group.split("@", 1)[0] == "features" and feature_shards > 1:
-                _fan_out_features(root, link_env, feature_shards, shard_devices)
+                if fan_out:
+                    grids.append(_fan_out_feature_units(root, link_env, fan_out, lease_timeout_s, unit_attempts,
+                                                        feature_shards))
+                else:
+                    _fan_out_features(root, link_env, feature_shards, shard_devices)
             runner = repro
             if group.split("@", 1)[0] in TRANSIENT_STAGES:
                 runner = repro.with_options(retries=len(TRANSIENT_RETRY_DELAYS_S),
@@ -457,24 +468,83 @@ def selfilter_pipeline(profile: str | None = None, overrides: dict[str, Any] | N
             done.append(group)
         artifacts = publish_comparison(root)
     result = {"workdir": str(root), "stages": done, "params": applied, "artifacts": artifacts}
-    if grid is not None:
-        result["grid"] = grid
+    if grids:
+        result["grid"] = grids
     return result
+
+
+# Stage groups that wait only on earlier ones and never on each other: with fan_out, each of
+# their stages is one grid unit, all at once (stage-1 settings, EL2N, the field scorers).
+GRID_STAGE_GROUPS: tuple[str, ...] = ("stage1", "el2n", "score")
+
+
+def _run_grid(root: Path, deployment: str, units: dict[str, Any], lease_timeout_s: float,
+              attempts: int) -> dict[str, Any]:
+    from flows.grid import GridFailed, fan_out
+
+    logger = get_run_logger()
+    try:
+        return fan_out(root, deployment, units, lease_timeout_s=lease_timeout_s, max_attempts=attempts,
+                       log=logger.info)
+    except (GridFailed, RuntimeError) as e:
+        raise PipelineError(f"grid: {e}") from None
 
 
 def _fan_out_grid(root: Path, extra_env: dict[str, str], deployment: str, lease_timeout_s: float,
                   attempts: int) -> dict[str, Any]:
     """The fine-tune runs and evaluations as units on the deployment's workers (flows/grid.py);
     the ``dvc repro`` of both stages that follows finds them done and only records them."""
-    from flows.grid import GridFailed, fan_out
+    from flows.grid import run_units
 
-    logger = get_run_logger()
     try:
-        return fan_out(root, deployment, _stage_command(root, "finetune"), _stage_command(root, "evaluate"),
-                       stage_env(extra_env), lease_timeout_s=lease_timeout_s, max_attempts=attempts,
-                       log=logger.info)
-    except (GridFailed, RuntimeError) as e:
+        units = run_units(root, _stage_command(root, "finetune"), _stage_command(root, "evaluate"),
+                          stage_env(extra_env))
+    except RuntimeError as e:
         raise PipelineError(f"grid: {e}") from None
+    return _run_grid(root, deployment, units, lease_timeout_s, attempts)
+
+
+def _fan_out_feature_units(root: Path, extra_env: dict[str, str], deployment: str, lease_timeout_s: float,
+                           attempts: int, num_shards: int) -> dict[str, Any]:
+    """Feature shards as grid units (one per shard, any worker); ``dvc repro features`` merges."""
+    from flows.grid import shard_units
+
+    if not _stale_stages(root, extra_env, ["features"]):
+        return {"units": [], "workers": {}}
+    return _run_grid(root, deployment, shard_units(_stage_command(root, "features"), num_shards),
+                     lease_timeout_s, attempts)
+
+
+def _fan_out_stages(root: Path, extra_env: dict[str, str], deployment: str, lease_timeout_s: float,
+                    attempts: int, groups: list[str]) -> dict[str, Any]:
+    """Each stage of ``groups`` that DVC says is stale, as one unit; afterwards ``dvc commit``
+    records each finished stage (this process is the only one that writes dvc.lock)."""
+    from flows.grid import stage_units
+
+    env = stage_env(extra_env)
+    names = [n for n in list_stages(root, env) if n.split("@", 1)[0] in groups]
+    stale = _stale_stages(root, extra_env, names)
+    if not stale:
+        return {"units": [], "workers": {}}
+    out = _run_grid(root, deployment, stage_units({n: _stage_spec(root, n) for n in stale}),
+                    lease_timeout_s, attempts)
+    proc = subprocess.run([tool_path("dvc"), "commit", "--force", *stale], cwd=root, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError(f"grid: `dvc commit {' '.join(stale)}` exit {proc.returncode}:\n"
+                            f"{(proc.stdout + proc.stderr)[-2000:]}")
+    return out
+
+
+def _stale_stages(root: Path, extra_env: dict[str, str], names: list[str]) -> list[str]:
+    """The stages of ``names`` that ``dvc status`` says must run."""
+    stale = []
+    for name in names:
+        status = subprocess.run([tool_path("dvc"), "status", name, "--json"], cwd=root,
+                                env=stage_env(extra_env), capture_output=True, text=True)
+        if status.returncode != 0 or status.stdout.strip() not in ("{}", ""):
+            stale.append(name)
+    return stale
 
 
 def _fan_out_features(root: Path, extra_env: dict[str, str], num_shards: int,
@@ -495,6 +565,12 @@ def _fan_out_features(root: Path, extra_env: dict[str, str], num_shards: int,
 
 def _stage_command(root: Path, stage: str) -> list[str]:
     """The resolved ``cmd`` of a dvc.yaml stage (templating applied) as argv."""
+    return _stage_spec(root, stage)[0]
+
+
+def _stage_spec(root: Path, stage: str) -> tuple[list[str], list[str]]:
+    """(the resolved ``cmd`` as argv, the outputs DVC clears before running it: all but
+    ``persist: true`` ones) of a dvc.yaml stage."""
     import shlex
 
     from dvc.repo import Repo
@@ -502,7 +578,7 @@ def _stage_command(root: Path, stage: str) -> list[str]:
     # DVC resolves targets against the process's cwd, not the repo's: name dvc.yaml explicitly.
     with Repo(str(root)) as repo:
         (found,) = repo.stage.collect(f"{root / 'dvc.yaml'}:{stage}")
-        return shlex.split(found.cmd)
+        return shlex.split(found.cmd), [str(o.def_path) for o in found.outs if not o.persist]
 
 
 def _params_markdown(applied: Mapping[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """The grid over many machines: units, leases and the supervisor that hands units to workers.
 
-A *unit* is one fine-tune run and its evaluation (``random/b0.15_s0``), or the base model's
-evaluation (``_base``). Units are independent: each reads the shared workspace's inputs
+A *unit* is one fine-tune run and its evaluation (``random/b0.15_s0``), the base model's
+evaluation (``_base``), one whole stage that no other stage of its step waits for
+(``stage:stage1@scores``, ``stage:el2n``) or one feature shard (``shard:0of4``). Units are independent: each reads the shared workspace's inputs
 (selections, the base model, the pool) and writes only its own run and evaluation folders, so
 any number of workers on any number of machines can do them at once. The finetune and evaluate
 stages do a unit with ``--only``; their completion markers (``done.json``; the evaluation's
@@ -27,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -52,11 +54,16 @@ def machine() -> dict[str, str]:
     return {"host": socket.gethostname(), "worker": os.environ.get(WORKER_ENV) or "local"}
 
 
+_UNIT = re.compile(r"^(?:[A-Za-z0-9_][\w.-]*/[\w.-]+|_base|stage:[\w.@-]+|shard:\d+of\d+)$")
+
+
 def unit_file_name(unit: str) -> str:
-    """``random/b0.15_s0`` -> ``random__b0.15_s0`` (a file name; units are method/run or _base)."""
-    if not unit or unit.startswith(("/", ".")) or ".." in unit.split("/") or unit.count("/") > 1:
-        raise ValueError(f"unit {unit!r}: expected <method>/<run> or {BASE_UNIT}")
-    return unit.replace("/", "__")
+    """``random/b0.15_s0`` -> ``random__b0.15_s0``, ``stage:stage1@scores`` ->
+    ``stage--stage1@scores``: a file name. Units are ``<method>/<run>``, ``_base``,
+    ``stage:<dvc stage>`` or ``shard:<i>of<n>``."""
+    if not _UNIT.fullmatch(unit or "") or ".." in unit:
+        raise ValueError(f"unit {unit!r}: expected <method>/<run>, {BASE_UNIT}, stage:<name> or shard:<i>of<n>")
+    return unit.replace("/", "__").replace(":", "--")
 
 
 def code_digest(root: str | os.PathLike) -> str:

@@ -19,7 +19,10 @@ from selfilter.grid import (GridFailed, Lease, UnitRefused, code_digest, machine
 def test_unit_file_names_are_flat_and_paths_are_refused():
     assert unit_file_name("random/b0.15_s0") == "random__b0.15_s0"
     assert unit_file_name("_base") == "_base"
-    for bad in ("", "/etc/passwd", "../x", "a/../b", "a/b/c", ".hidden"):
+    assert unit_file_name("stage:stage1@scores") == "stage--stage1@scores"
+    assert unit_file_name("shard:3of8") == "shard--3of8"
+    for bad in ("", "/etc/passwd", "../x", "a/../b", "a/b/c", ".hidden", "stage:a/b", "shard:x", "stage:..",
+                "a/b\n"):
         with pytest.raises(ValueError, match="expected <method>/<run>"):
             unit_file_name(bad)
 

@@ -2,9 +2,11 @@
 
 A real Prefect server on 127.0.0.1 with basic auth; a one-worker reference: the smoke pipeline
 run straight through in a fresh clone of HEAD. The grid's workspace is a copy of that clone
-with every fine-tune and evaluation output removed (and DVC's run-cache, which would otherwise
-restore them); three workers, each in its own clone with one torch thread, take its units
-from the `unit` deployment. Faults:
+with the features, stage-1 and EL2N outputs and every fine-tune and evaluation removed (and
+DVC's run-cache, which would otherwise restore them); three workers, each in its own clone with
+one torch thread, take its units from the `unit` deployment: 2 feature shards, one unit per
+stage-1 setting and EL2N, then one per fine-tune run (with its evaluation) and the base model's
+evaluation. Faults:
 - worker w1 is SIGKILLed (with its flow run and stage) inside its first unit, after the
   fine-tune and before the evaluation: a hook in the unit (SELFILTER_GRID_HOLD) stops there and
   says so, so the kill lands inside the work on any machine;
@@ -12,8 +14,9 @@ from the `unit` deployment. Faults:
 - a worker that cannot see the shared workspace refuses to start, in one line;
 - right after the kill the Prefect server is stopped for 10 s and started again on the same
   port and database, while units run on the other workers and the host polls.
-Checked against the reference: every unit done exactly once, on at least 2 workers; every
-checkpoint and evaluation byte-equal to the one-worker run's; the killed unit's fine-tune not
+Checked against the reference: every unit done exactly once, on at least 2 workers; the
+features, difficulty and EL2N tables, every checkpoint and evaluation byte-equal to the
+one-worker run's; the killed unit's fine-tune not
 redone; `dvc status` clean afterwards; MLflow runs naming their worker. About 6 minutes on 2 cores.
 """
 from __future__ import annotations
@@ -34,6 +37,9 @@ pytestmark = pytest.mark.slow
 AUTH = "selfilter:grid-test-credential"
 HOLD_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 1500
+# outputs the grid recomputes besides the fine-tunes and evaluations: feature shards, then the
+# stage-1 settings and EL2N as one unit per stage
+RECOMPUTED = ("features/clip.npy", "features/scores.parquet", "features/summary.json", "stage1", "el2n")
 OUTAGE_S = 10
 
 
@@ -85,8 +91,8 @@ def grid(tmp_path_factory):
         # the grid's shared workspace: the reference minus everything fine-tune/evaluate made
         ws = tmp / "shared"
         shutil.copytree(ref, ws, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        for rel in ("runs", "evals", "reports/comparison.md", "reports/metrics.json", "mlruns.db", "mlartifacts",
-                    ".dvc/cache/runs", ".dvc/tmp", "metrics/tracking.json"):
+        for rel in (*RECOMPUTED, "runs", "evals", ".cache/features", "reports/comparison.md", "reports/metrics.json",
+                    "mlruns.db", "mlartifacts", ".dvc/cache/runs", ".dvc/tmp", "metrics/tracking.json"):
             p = ws / rel
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -114,7 +120,7 @@ def grid(tmp_path_factory):
         blind = worker("blind", clones[2], workspace=tmp / "not-mounted")
 
         host = subprocess.Popen([str(BIN / "python"), "-m", "flows.pipeline", "--fan-out", "selfilter-unit/unit",
-                                 "--lease-timeout", "15"], cwd=ws, env=env, stdout=open(tmp / "host.log", "w"),
+                                 "--feature-shards", "2", "--lease-timeout", "15"], cwd=ws, env=env, stdout=open(tmp / "host.log", "w"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(host)
         deadline = time.monotonic() + HOLD_TIMEOUT_S
@@ -126,8 +132,9 @@ def grid(tmp_path_factory):
         killed = _kill_tree(w1.pid)
         # then the server goes away mid-grid (units running on w2/w3, the host polling) and comes back
         time.sleep(3)
-        running_at_outage = sum(1 for p in (ws / ".grid").glob("*/units/*.json")
-                                if json.loads(p.read_text()).get("status") == "started")
+        running_at_outage = sum(1 for p in (ws / ".grid").glob("*/units/*.json")  # live workers' units
+                                if json.loads(p.read_text()).get("status") == "started"
+                                and json.loads(p.read_text()).get("worker") != "w1")
         server.stop()
         time.sleep(OUTAGE_S)
         server.start()
@@ -143,8 +150,8 @@ def grid(tmp_path_factory):
 
 
 def _records(ws: Path) -> list[dict]:
-    (grid_dir,) = [d for d in (ws / ".grid").iterdir() if d.is_dir() and d.name != "leases"]
-    return [json.loads(p.read_text()) for p in sorted((grid_dir / "units").glob("*.json"))]
+    """Every unit attempt of every grid the flow ran (feature shards, stages, runs)."""
+    return [json.loads(p.read_text()) for p in sorted((ws / ".grid").glob("*/units/*.json"))]
 
 
 def test_the_grid_finishes_every_unit_once_over_several_workers_equal_to_one_worker(grid, ledger):
@@ -153,7 +160,9 @@ def test_the_grid_finishes_every_unit_once_over_several_workers_equal_to_one_wor
     records = _records(ws)
     done = [r for r in records if r["status"] == "done"]
     units = {f"{m.parent.name}/{m.name}" for m in (ref / "runs").glob("*/*") if (m / "done.json").is_file()}
-    assert sorted(r["unit"] for r in done) == sorted(units | {"_base"})  # each exactly once
+    units |= {"_base", "shard:0of2", "shard:1of2", "stage:el2n"}
+    units |= {f"stage:stage1@{d.name}" for d in (ref / "stage1").iterdir() if d.is_dir()}
+    assert sorted(r["unit"] for r in done) == sorted(units)  # each exactly once
     assert len({r["worker"] for r in done}) >= 2
 
     # the killed unit: w1 began it and was killed inside it (the hook proves where); another worker finished it
@@ -168,11 +177,14 @@ def test_the_grid_finishes_every_unit_once_over_several_workers_equal_to_one_wor
 
     # outputs: byte-equal checkpoints and evaluations; nothing half-written left
     differ = []
-    for f in sorted((ref / "runs").rglob("*.safetensors")) + sorted((ref / "evals").rglob("metrics.json")):
+    compared = [*sorted((ref / "runs").rglob("*.safetensors")), *sorted((ref / "evals").rglob("metrics.json")),
+                ref / "features/clip.npy", ref / "features/scores.parquet", *sorted((ref / "stage1").rglob("*.parquet")),
+                *sorted((ref / "el2n").rglob("*.parquet"))]
+    for f in compared:
         rel = f.relative_to(ref)
         if not (ws / rel).is_file() or (ws / rel).read_bytes() != f.read_bytes():
             differ.append(str(rel))
-    assert not differ, differ
+    assert len(compared) > 25 and not differ, differ
     assert not list((ws / "runs").rglob("checkpoint"))
     ref_runs = {(r["method"], r["budget"], r["seed"]): r["metrics"]
                 for r in json.loads((ref / "reports/metrics.json").read_text())["runs"]}
@@ -195,13 +207,14 @@ def test_the_grid_finishes_every_unit_once_over_several_workers_equal_to_one_wor
     assert all(r.data.tags.get("selfilter.host") for r in runs)
 
     ledger(f"Prefect server stopped for {OUTAGE_S} s mid-grid, then restarted", "grid (server)",
-           f"{grid['running_at_outage']} unit attempt(s) under way at the outage; every unit done once, host exit 0",
+           f"{grid['running_at_outage']} unit(s) running on live workers at the outage; every unit done once, "
+           "host exit 0",
            lost=len(differ), repeat_calls=len(done) - len({r['unit'] for r in done}), calls=len(done),
-           bound=len(units) + 1)
+           bound=len(units))
     ledger("worker SIGKILLed inside a unit (after its fine-tune, before its evaluation)", "grid (3 process workers)",
            f"unit resubmitted after its lease went stale, finished by {finished['worker']}; "
            f"{len(done)} units done once each on {len({r['worker'] for r in done})} workers", lost=len(differ),
-           repeat_calls=int(trained_by != "w1"), calls=len(done), bound=len(units) + 1)
+           repeat_calls=int(trained_by != "w1"), calls=len(done), bound=len(units))
 
 
 def test_a_worker_without_the_credential_is_refused_and_takes_no_unit(grid, ledger):
@@ -211,6 +224,21 @@ def test_a_worker_without_the_credential_is_refused_and_takes_no_unit(grid, ledg
     assert not taken
     ledger("worker without the Prefect credential", "grid worker", "401 from the server, worker exited",
            calls=len(taken), bound=0)
+
+
+def test_the_credential_is_in_no_file_the_grid_wrote(grid, ledger):
+    """PREFECT_API_AUTH_STRING lives only in the environment: not in the workspace, the worker
+    checkouts, the logs, the server's home (its database included) or any unit's output."""
+    secret = AUTH.split(":", 1)[1].encode()
+    scanned, found = 0, []
+    for path in grid["tmp"].rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            scanned += 1
+            if secret in path.read_bytes():
+                found.append(str(path.relative_to(grid["tmp"])))
+    assert scanned > 100 and not found, found
+    ledger("Prefect credential in the environment of host and workers", f"{scanned} files: workspace, checkouts, "
+           "logs, server home", f"found in {len(found)} files", lost=len(found))
 
 
 def test_a_worker_that_cannot_see_the_shared_workspace_refuses_in_one_line(grid, ledger):

@@ -39,17 +39,28 @@ from selfilter.grid import (WORKER_ENV, GridFailed, Lease, UnitRefused, code_dig
 UNIT_DEPLOYMENT = "selfilter-unit/unit"
 HOLD_ENV = "SELFILTER_GRID_HOLD"   # tests: a folder; a unit stops between its first two steps and says so there
 DEFAULT_LEASE_TIMEOUT_S = 120.0
+ACCELERATE_ENV = "SELFILTER_ACCELERATE_CONFIG"  # set by `worker --accelerate-config`
+TRAINING_STAGES = frozenset({"stages.finetune", "stages.stage1", "stages.el2n"})  # they work under accelerate launch
 
 
 def _python_argv(cmd: list[str], checkout: Path) -> tuple[list[str], dict[str, str]]:
     """A stage command (``python -m stages.x ...``) as this interpreter running this checkout's
     code in another folder: ``-P`` keeps the working folder off sys.path. Nothing but a stage
-    module runs: a unit's commands arrive as flow-run parameters."""
+    module runs: a unit's commands arrive as flow-run parameters. With $SELFILTER_ACCELERATE_CONFIG
+    (``python -m flows.grid worker --accelerate-config``), a training stage runs under
+    ``accelerate launch`` with that config: one unit on all of the machine's GPUs."""
     if len(cmd) < 3 or Path(cmd[0]).name not in ("python", "python3") or cmd[1] != "-m" \
             or not cmd[2].startswith("stages."):
         raise UnitRefused(f"unit command {' '.join(cmd[:3])}...: expected `python -m stages.<name> ...`")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [env.get("PYTHONPATH")])])
+    config = env.get(ACCELERATE_ENV)
+    if config and cmd[2] in TRAINING_STAGES:
+        if not Path(config).is_file():
+            raise UnitRefused(f"{ACCELERATE_ENV}={config}: no such accelerate config on this machine")
+        # accelerate starts its ranks as `python -m stages.x` in the workspace: the workspace's
+        # code, which the host's code digest check has shown to be this checkout's
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *cmd[1:]], env
     return [sys.executable, "-P", *cmd[1:]], env
 
 
@@ -272,12 +283,18 @@ def worker_main(argv: list[str]) -> int:
     p.add_argument("--name", default=None, help="worker name (default: <host>-<pid>); units record it")
     p.add_argument("--limit", type=int, default=1, help="units this worker runs at once (default: 1)")
     p.add_argument("--checkout", default=".", help="this machine's checkout of the repository (default: .)")
+    p.add_argument("--accelerate-config", default=None,
+                   help="run the units' training stages (finetune, stage1, el2n) under `accelerate launch` with "
+                        "this config, e.g. configs/accelerate/zero3.yaml: one unit on all of this machine's GPUs "
+                        "(the profile then needs finetune.workers: 1)")
     p.add_argument("--check-only", action="store_true", help="run the checks and exit")
     args, rest = p.parse_known_args(argv)
     checkout = Path(args.checkout).resolve()
     try:
         from selfilter.config import parse_yaml
 
+        if args.accelerate_config and not (checkout / args.accelerate_config).is_file():
+            raise UnitRefused(f"--accelerate-config {args.accelerate_config}: not found in {checkout}")
         ws = Path(args.workspace)
         params = parse_yaml((ws / "params.yaml").read_text(encoding="utf-8")) if (ws / "params.yaml").is_file() else {}
         preflight(ws, needs_gpu=profile_needs_gpu(params or {}))
@@ -294,6 +311,8 @@ def worker_main(argv: list[str]) -> int:
     # a worker that just finished a unit waits this long before it asks for the next (Prefect's
     # default is 10 s: measured as ~13 s of idle time per unit on a one-worker grid)
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
+    if args.accelerate_config:
+        env[ACCELERATE_ENV] = str((checkout / args.accelerate_config).resolve())
     prefect = Path(sys.executable).parent / "prefect"
     cmd = [str(prefect) if prefect.exists() else "prefect", "worker", "start", "--pool", args.pool,
            "--name", name, "--limit", str(args.limit), *rest]

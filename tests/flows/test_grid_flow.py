@@ -39,3 +39,23 @@ def test_fan_out_without_a_server_is_one_line_before_any_work(tmp_path):
             "except RuntimeError as e:\n    print(e)\n")
     p = _run(["-c", code], PREFECT_HOME=str(tmp_path))
     assert p.returncode == 0 and "fan_out needs a Prefect server" in p.stdout and "PREFECT_API_URL" in p.stdout
+
+
+def test_a_unit_runs_nothing_but_a_stage_module(tmp_path):
+    import pytest
+
+    from flows.grid import _python_argv, _remove_outputs
+    from selfilter.grid import UnitRefused
+
+    for bad in (["bash", "-c", "echo"], ["python", "-c", "print(1)"], ["python", "-m", "os"], ["python"]):
+        with pytest.raises(UnitRefused, match="expected `python -m stages.<name> ...`"):
+            _python_argv(bad, REPO)
+    argv, env = _python_argv(["python", "-m", "stages.select", "--method", "random"], REPO)
+    assert argv[1:] == ["-P", "-m", "stages.select", "--method", "random"]
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
+    (tmp_path / "stage1" / "scores").mkdir(parents=True)
+    _remove_outputs(tmp_path, ["stage1/scores"])
+    assert not (tmp_path / "stage1" / "scores").exists() and (tmp_path / "stage1").is_dir()
+    for outside in ("..", "../x", "/etc", "."):
+        with pytest.raises(UnitRefused, match="is not inside the workspace"):
+            _remove_outputs(tmp_path, [outside])

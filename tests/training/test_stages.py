@@ -196,3 +196,36 @@ def test_finetune_only_trains_one_run_as_the_whole_stage_would_and_removes_nothi
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == ["toy/b0.5_s1"]
     assert main(args(unit, "--only", "toy/b9_s9")) == 1
     assert "--only toy/b9_s9: no such run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_grid_unit_trains_under_accelerate_launch_with_the_workers_config(workspace, tiny_llava_dir, tmp_path,
+                                                                             monkeypatch):
+    """A worker started with --accelerate-config runs a unit's fine-tune as data-parallel ranks
+    (here configs/accelerate/cpu2.yaml: 2 CPU processes over gloo, as on a GPU box with 2 GPUs)."""
+    import subprocess
+    from pathlib import Path
+
+    from flows.grid import ACCELERATE_ENV, _python_argv
+
+    repo = Path(__file__).resolve().parents[2]
+    ws, images = workspace
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["finetune"].update(workers=1, torch_threads=1)  # under a distributed launch: one run at a time
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = ["python", "-m", "stages.finetune", "--params", str(tmp_path / "params.yaml"), "--method", "toy",
+           "--selections", str(ws / "selections"), "--image-dir", str(images), "--model", str(tiny_llava_dir),
+           "--out", str(tmp_path / "runs"), "--no-progress", "--only", "toy/b0.25_s0"]
+    monkeypatch.setenv(ACCELERATE_ENV, str(repo / "configs/accelerate/cpu2.yaml"))
+    argv, env = _python_argv(cmd, repo)
+    assert argv[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
+    env.update(OMP_NUM_THREADS="1", MASTER_PORT="0")
+    proc = subprocess.run([*argv[:5], "--main_process_port", "0", *argv[5:]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_json(tmp_path / "runs/toy/b0.25_s0/train_log.json")
+    assert log["steps"] == 2 and log["epochs"] == 3.2  # 10 samples, batch 8 x 2 ranks: ceil(10 / 16) x 2 epochs
+    assert (tmp_path / "runs/toy/b0.25_s0/done.json").is_file() and not (tmp_path / "runs/toy/b0.5_s1").exists()
+    monkeypatch.delenv(ACCELERATE_ENV)
+    argv, _ = _python_argv(["python", "-m", "stages.evaluate", "--only", "x/y"], repo)
+    assert argv[1:4] == ["-P", "-m", "stages.evaluate"]

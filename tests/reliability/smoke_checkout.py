@@ -148,12 +148,12 @@ def _derive(root: Path, rel: str, obj: dict, key: str, cache: dict) -> Derived:
         return Derived(value, pipeline_digest(read_dvc_lock(root / "dvc.lock")) == value)
     # parent_run_id: the FINISHED pipeline run of this pipeline digest in the store
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from services import fresh_client
 
     if not (root / "mlruns.db").is_file():
         return Derived(value, False)
     try:
-        run = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns.db'}").get_run(value)
+        run = fresh_client(f"sqlite:///{root / 'mlruns.db'}").get_run(value)
     except MlflowException:
         return Derived(value, False)
     return Derived(value, (run.info.status, run.data.tags.get("selfilter.pipeline_digest")) ==

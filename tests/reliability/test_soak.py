@@ -8,7 +8,7 @@ fresh clone of HEAD, then faults injected into it.
 - Two `dvc repro` in one checkout: the second refuses at once; the first finishes.
 - Crash anywhere: every long stage group is first rerun uninterrupted - counting the arrivals at
   a named point inside its work (HOLD_AT; selfilter/holdpoints.py) and checking that its outputs
-  equal the previous clean run's - then run 3 times held at a seeded arrival in (0.15, 0.85) of
+  equal the run before it (field by field, as below) - then run 3 times held at a seeded arrival in (0.15, 0.85) of
   that count and SIGKILLed there (dvc and the stage: the whole session; a case whose hold was
   never reached fails), then `dvc repro --no-run-cache --force -s <group>` (the killed stage
   really reruns, resuming what it can; a plain `dvc repro` would check its last outputs out of

@@ -35,9 +35,9 @@ from prefect import flow, get_run_logger
 from selfilter.grid import (WORKER_ENV, GridFailed, Lease, UnitRefused, code_digest, machine,
                             preflight, profile_needs_gpu, read_records, record_path, supervise, unit_done,
                             write_record)
+from selfilter.holdpoints import hold
 
 UNIT_DEPLOYMENT = "selfilter-unit/unit"
-HOLD_ENV = "SELFILTER_GRID_HOLD"   # tests: a folder; a unit stops between its first two steps and says so there
 DEFAULT_LEASE_TIMEOUT_S = 120.0
 ACCELERATE_ENV = "SELFILTER_ACCELERATE_CONFIG"  # set by `worker --accelerate-config`
 TRAINING_STAGES = frozenset({"stages.finetune", "stages.stage1", "stages.el2n"})  # they work under accelerate launch
@@ -129,7 +129,7 @@ def selfilter_unit(workspace: str, unit: str, grid_id: str, host_code: str, step
             for i, cmd in enumerate(steps):
                 _run_step(cmd, ws, checkout, unit, logger)
                 if i == 0 and len(steps) > 1:
-                    _hold_for_test(unit)
+                    hold("grid.between_steps")  # test-only kill point (selfilter/holdpoints.py); off unless the suite sets it
     except UnitRefused as e:
         if record is not None and record.parent.parent.is_dir():
             write_record(record, {**base, "status": "refused", "why": str(e)})
@@ -143,22 +143,6 @@ def selfilter_unit(workspace: str, unit: str, grid_id: str, host_code: str, step
     write_record(record, done)  # last: the host counts the unit done from this record
     logger.info("unit %s done on %s/%s in %.1f s", unit, where["host"], where["worker"], done["wall_s"])
     return done
-
-
-def _hold_for_test(unit: str) -> None:
-    """With $SELFILTER_GRID_HOLD (tests only): stop inside the unit, after its first step (a
-    run's fine-tune) and before the next (its evaluation), and say so in that folder - a kill
-    then lands mid-unit for certain."""
-    hold = os.environ.get(HOLD_ENV)
-    if not hold:
-        return
-    from selfilter.grid import unit_file_name
-
-    Path(hold).mkdir(parents=True, exist_ok=True)
-    (Path(hold) / f"{unit_file_name(unit)}.held").write_text(json.dumps(machine()))
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        time.sleep(1)
 
 
 # --------------------------------------------------------------------------- host side: what the units are

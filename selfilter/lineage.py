@@ -344,8 +344,10 @@ def collect_lineage(root: str | Path, *, params_path: str | Path = "params.yaml"
     pool = _dataset("pool", records_file) if records_file.is_file() else None
     tags = {"git.commit": git_commit(root), DIGEST: digest}
     tags["mlflow.source.git.commit"] = tags["git.commit"].removesuffix("+dirty")
-    tag_keys = mlflow_keys([f"dvc.stage.{s}" for s in hashes])
-    tags.update({tag_keys[f"dvc.stage.{s}"]: h for s, h in hashes.items()})
+    # one tag per stage but track: while it runs, its own lock entry is its previous run's
+    upstream = {s: h for s, h in hashes.items() if s.split("@")[0] != SELF_STAGE}
+    tag_keys = mlflow_keys([f"dvc.stage.{s}" for s in upstream])
+    tags.update({tag_keys[f"dvc.stage.{s}"]: h for s, h in upstream.items()})
 
     # Parent: the report, plots and the files that define the run.
     parent = RunRecord(key="pipeline", name=f"pipeline {digest[:8]}", kind="pipeline", tags=dict(tags))

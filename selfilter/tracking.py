@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from selfilter.config import Section
+from selfilter.holdpoints import armed, hold
 from selfilter.lineage import _DIGEST_CHARS, DIGEST, DatasetRef, Lineage, RunRecord, git_commit, mlflow_keys
 
 # The Prefect flow opens a parent run and exports its id here; `track` then nests under it.
@@ -211,6 +212,8 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None,
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     local_art = _local_path(artifact_location)
     try:
+        if uri.startswith("sqlite:///") and armed("tracking.store_statement"):  # test-only kill point
+            _hold_on_each_statement(Path(uri.removeprefix("sqlite:///")).parent, "tracking.store_statement")
         create_sqlite_store(uri)
         with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s)):
             client = MlflowClient(tracking_uri=uri)
@@ -257,6 +260,18 @@ def create_sqlite_store(uri: str) -> None:
         pass
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _hold_on_each_statement(folder: Path, point: str) -> None:
+    """Test-only (selfilter/holdpoints.py): ``hold(point)`` after each SQL statement run on a
+    sqlite file in ``folder`` - MLflow's migration of a new store is ~1,700 of them."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def after(conn, *_):
+        if conn.engine.url.database and Path(conn.engine.url.database).parent == folder:
+            hold(point)
+    event.listen(Engine, "after_cursor_execute", after)
 
 
 def _local_path(location: str | None) -> Path | None:
@@ -361,6 +376,7 @@ def log_lineage(tracker: Tracker, lineage: Lineage, parent_run_id: str | None = 
             tags = {k: v for k, v in lineage.tags.items() if not k.startswith("dvc.stage.")}
             tags.update({**rec.tags, KIND: rec.kind, KEY: rec.key, DIGEST: digest})
             run_id = tracker.create_run(rec.name, tags, parent_id=parent_run_id)
+            hold("track.run_opened")  # test-only kill point (selfilter/holdpoints.py); off unless the suite sets it
             try:
                 tracker.log(run_id, dataclasses.replace(rec, tags={}))
             except BaseException:

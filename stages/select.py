@@ -36,6 +36,7 @@ from selfilter import console, needs
 from selfilter.config import ConfigError, load_section
 from selfilter.data.records import load_records
 from selfilter.data.source import read_source
+from selfilter.holdpoints import hold
 from selfilter.io import file_digest, read_jsonl, write_json, write_parquet
 from selfilter.selection import registry as reg
 from selfilter.selection.config import SelectConfig, budget_count, subset_dirname
@@ -232,6 +233,7 @@ def _run(args: argparse.Namespace) -> int:
                 "scoring": scoring, "params": params, "inputs": digests,
                 "stats": picked.stats})
             written.append((budget, len(idx)))
+            hold("select.subset_written")  # test-only kill point (selfilter/holdpoints.py); off unless the suite sets it
     # one line for the stage (the per-subset figures are in each meta.json)
     sizes = ", ".join(f"{b * 100:g}%: {n}" for b, n in dict.fromkeys(written))
     print(f"select: {method.name}: {len(written)} subsets of the {len(records)}-record pool ({sizes}; "

@@ -99,6 +99,7 @@ def test_collect_lineage_reads_every_contract(pipeline):
     assert stages["judge"].metrics["usage/calls"] == 40
     assert len(stages["finetune"].json_artifacts["dvc_stages.json"]) == N_COMPARED
     assert any(k.startswith("dvc.stage.finetune_") for k in lin.tags)
+    assert "dvc.stage.track" not in lin.tags  # its lock entry is the previous track run's: not this run's lineage
     assert lin.tags["git.commit"] == "unknown"  # tmp dir is not a git repo
 
 

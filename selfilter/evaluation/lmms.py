@@ -15,7 +15,8 @@ template the fine-tuning recipe trains on), and results are written by its own
   lmms-eval's built-in tasks runs offline on data in its schema.
 - **The guard.** lmms-eval swallows generation errors and exits 0; every run is checked
   (``selfilter.evaluation.guard``) and a bad one raises :class:`EvaluationError`.
-- **Stable names.** ``<output_dir>/results.json`` (lmms-eval's ``<timestamp>_results.json``),
+- **Stable names.** ``<output_dir>/results.json`` (lmms-eval's ``<timestamp>_results.json``, its
+  functions' memory addresses dropped),
   ``samples_<task>.jsonl``, ``lmms_eval.log`` (its warnings and errors) and the flat
   ``{"task/metric": value}`` summary returned to the caller.
 - **A model for log-likelihood tasks.** ``selfilter_llava_hf`` (``selfilter.evaluation.llava_model``,
@@ -25,16 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from selfilter.evaluation.guard import EvaluationError, check_run, has_chat_template
+from selfilter.io import write_text
 
 # lmms-eval's results keys look like "exact_match,none": metric, then the filter name. These
 # suffixes are its uncertainty estimates, not metrics.
 _STDERR_MARKERS = ("_stderr,", "_stderr_clt,", "_stderr_clustered,")
+# lmms-eval writes each task's functions (doc_to_text, process_results, ...) as their repr
+_FUNCTION_ADDRESS = re.compile(r"(<function \S+) at 0x[0-9a-fA-F]+>")
 
 
 def flatten_metrics(results: Mapping[str, Any]) -> dict[str, float]:
@@ -180,7 +185,9 @@ class LmmsEvaluator:
             written = sorted(Path(tmp).rglob("*_results.json"))
             check_run(results if written else None, samples, self.expected_counts, log,
                       where=str(checkpoint_dir))
-            os.replace(written[-1], output_dir / "results.json")
+            # without the functions' memory addresses, two evaluations of one checkpoint write the
+            # same results.json (wall times aside)
+            write_text(output_dir / "results.json", _FUNCTION_ADDRESS.sub(r"\1>", written[-1].read_text()))
             for task in self.tasks:
                 for f in Path(tmp).rglob(f"*_samples_{task}.jsonl"):
                     os.replace(f, output_dir / f"samples_{task}.jsonl")

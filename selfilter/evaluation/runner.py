@@ -20,6 +20,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from selfilter.holdpoints import hold
+
 
 @dataclass(frozen=True)
 class Job:
@@ -85,6 +87,7 @@ def run_jobs(jobs: Sequence[Job], make_evaluator: Callable[[], Any], workers: in
             name, metrics = _run_job(job)
             results[name] = metrics
             bar.update()
+            hold("evaluate.checkpoint_done")  # test-only kill point (selfilter/holdpoints.py); off unless the suite sets it
     else:
         # fork is safe here: the parent has run no torch computation (no OpenMP pool to break).
         ctx = mp.get_context("fork")
@@ -92,5 +95,6 @@ def run_jobs(jobs: Sequence[Job], make_evaluator: Callable[[], Any], workers: in
             for name, metrics in pool.imap_unordered(_run_job, jobs):
                 results[name] = metrics
                 bar.update()
+                hold("evaluate.checkpoint_done")  # test-only kill point (selfilter/holdpoints.py); off unless the suite sets it
     bar.close()
     return {j.name: results[j.name] for j in jobs}

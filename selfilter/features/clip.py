@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from selfilter.data.records import conversation_text, load_image
+from selfilter.holdpoints import hold
 from selfilter.io import atomic_path, read_json, write_json, write_npy, write_parquet
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,7 @@ def extract_shards(items: Sequence[Item], image_root: str | Path, work_dir: str 
             _write_shard(work_dir, shard, items, shard_rows(shard, n, shard_size), pending.pop(shard),
                          with_reward=image_reward is not None)
             written.append(shard)
+            hold("features.shard_written")  # test-only kill point (selfilter/holdpoints.py); off unless the suite sets it
     bar.close()
     return written
 

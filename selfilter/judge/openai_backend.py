@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from selfilter.holdpoints import hold
 from selfilter.judge.cache import ResponseCache
 from selfilter.judge.prompt import cache_key
 
@@ -175,6 +176,7 @@ class OpenAIJudge:
             self._count(completed=1, prompt_tokens=p, completion_tokens=c)
             if self.cache is not None:
                 self.cache.put(key, {"text": text, "prompt_tokens": p, "completion_tokens": c})
+            hold("judge.reply_stored")  # test-only kill point (selfilter/holdpoints.py); off unless the suite sets it
             return text
         return None  # pragma: no cover - the loop always returns
 

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from selfilter.data.encode import collate
+from selfilter.holdpoints import hold
 
 CHECKPOINT_DIR = "checkpoint"
 _NON_MODEL_KEYS = {"labels", "index"}
@@ -227,6 +228,7 @@ def train_steps(accelerator, module: nn.Module, optimizer: torch.optim.Optimizer
                                                              or result.step == stop):
             flush()
             save_checkpoint(accelerator, ckpt, scheduler, {"step": result.step, "log": result.log})
+        hold("train.step_done")  # test-only kill point (selfilter/holdpoints.py); off unless the suite sets it
     bar.close()
     flush()
     result.wall_s = time.perf_counter() - start_time

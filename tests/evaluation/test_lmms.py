@@ -32,6 +32,7 @@ def test_shapes_tasks_end_to_end(shapes_evaluator, tiny_llava_dir, tmp_path):
     assert any(k.startswith("shapes_vqa/acc_") for k in metrics)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["n-samples"]["shapes_vqa"]["effective"] == 4  # limit=4
+    assert " at 0x" not in (tmp_path / "results.json").read_text()  # the same file for the same checkpoint
     assert flatten_metrics(results) == metrics
     # limit=4; the fixture bench has 8 vqa, 6 pope, 3 count, 3 desc questions
     assert shapes_evaluator.expected_counts == {"shapes_vqa": 4, "shapes_pope": 4, "shapes_count": 3, "shapes_desc": 3}

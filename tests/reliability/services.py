@@ -78,13 +78,28 @@ class PrefectServer(Service):
                          f"{self.api}/health", log, self.env)
 
 
+def fresh_client(uri: str):
+    """An MlflowClient that reads ``uri`` as it is now. MLflow keeps one store and one SQLAlchemy
+    engine - open connections included - per URI for the life of a process: once a test deletes
+    an sqlite store and a subprocess creates it again, a cached client goes on reading the deleted
+    file (the soak's track checks did, before this)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    if uri.startswith("sqlite:"):
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+        _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+    return MlflowClient(tracking_uri=uri)
+
+
 def snapshot(uri: str, experiment: str = "selfilter") -> dict:
     """What the store holds, without run ids or times: per ``selfilter.key`` (per digest), the
     kind, parent's key, status, params, latest metrics, tags (selfilter.* and others, ids and
     MLflow-internal ones left out) and artifact paths. Raises if a key appears twice."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = fresh_client(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=10_000) if exp else []
     key_of = {r.info.run_id: (r.data.tags.get("selfilter.pipeline_digest"), r.data.tags.get("selfilter.key", "pipeline"))

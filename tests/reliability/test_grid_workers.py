@@ -7,9 +7,10 @@ DVC's run-cache, which would otherwise restore them); three workers, each in its
 one torch thread, take its units from the `unit` deployment: 2 feature shards, one unit per
 stage-1 setting and EL2N, then one per fine-tune run (with its evaluation) and the base model's
 evaluation. Faults:
-- worker w1 is SIGKILLed (with its flow run and stage) inside its first unit, after the
-  fine-tune and before the evaluation: a hook in the unit (SELFILTER_GRID_HOLD) stops there and
-  says so, so the kill lands inside the work on any machine;
+- worker w1 is SIGKILLed (with its flow run and stage) inside its first run unit, after the
+  fine-tune and before the evaluation: the hold point `grid.between_steps`
+  (selfilter/holdpoints.py) stops it there and writes a marker, so the kill lands inside the
+  work on any machine;
 - a worker started without the credential gets 401 and takes no unit;
 - a worker that cannot see the shared workspace refuses to start, in one line;
 - right after the kill the Prefect server is stopped for 10 s and started again on the same
@@ -31,6 +32,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from holds import hold_env
 from services import BIN, PrefectServer
 from smoke_checkout import REPO
 
@@ -112,9 +114,9 @@ def grid(tmp_path_factory):
             procs.append(proc)
             return proc
 
-        hold = tmp / "hold"
+        marker = tmp / "held.json"
         clones = [_clone(tmp / f"checkout-{i}") for i in (1, 2, 3)]
-        w1 = worker("w1", clones[0], {"SELFILTER_GRID_HOLD": str(hold)})
+        w1 = worker("w1", clones[0], hold_env("grid.between_steps", 1, marker))
         worker("w2", clones[1])
         worker("w3", clones[2])
         nocred = worker("nocred", clones[1], drop_auth=True)
@@ -125,11 +127,11 @@ def grid(tmp_path_factory):
                                 stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(host)
         deadline = time.monotonic() + HOLD_TIMEOUT_S
-        while not list(hold.glob("*.held")):
+        while not marker.is_file():
             assert host.poll() is None, f"host ended before w1 held a unit:\n{(tmp / 'host.log').read_text()[-4000:]}"
             assert time.monotonic() < deadline, f"w1 never held a unit:\n{(tmp / 'w1.log').read_text()[-4000:]}"
             time.sleep(1)
-        (held,) = hold.glob("*.held")
+        held = json.loads(marker.read_text())
         killed = _kill_tree(w1.pid)
         # then the server goes away mid-grid (units running on w2/w3, the host polling) and comes back
         time.sleep(3)
@@ -167,9 +169,10 @@ def test_the_grid_finishes_every_unit_once_over_several_workers_equal_to_one_wor
     assert len({r["worker"] for r in done}) >= 2
 
     # the killed unit: w1 began it and was killed inside it (the hook proves where); another worker finished it
-    held_unit = grid["held"].name.removesuffix(".held").replace("__", "/")
-    first = [r for r in records if r["unit"] == held_unit and r["worker"] == "w1"]
-    assert [r["status"] for r in first] == ["started"], first
+    assert grid["held"]["point"] == "grid.between_steps"
+    (first,) = [r for r in records if r["worker"] == "w1" and r["status"] != "done"]  # the unit w1 died in
+    held_unit = first["unit"]
+    assert first["status"] == "started" and "/" in held_unit, first
     (finished,) = [r for r in done if r["unit"] == held_unit]
     assert finished["worker"] in {"w2", "w3"} and finished["attempt"] == 2
     assert any("prefect.engine" in k for k in grid["killed"]), grid["killed"]

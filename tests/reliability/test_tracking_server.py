@@ -1,7 +1,8 @@
 """Tracking to a real `mlflow server` on 127.0.0.1, through the real track stage: the lineage
 equals the sqlite store's; with the server down, track fails with one line and every other
 output stays as it was; once the server is back, a rerun adds the missing runs exactly once;
-a track process killed with SIGKILL mid-way leaves nothing that its rerun duplicates."""
+a track process killed with SIGKILL mid-way (held at a named point, so the kill lands inside the
+work on any machine) leaves nothing that its rerun duplicates."""
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from fake_pipeline import build_fake_pipeline, fresh_sqlite_store
+from holds import hold_env, wait_held
 from services import MlflowServer, snapshot
 from stages import track
 
@@ -100,6 +102,8 @@ def test_server_lineage_outage_and_recovery(tmp_path, server, monkeypatch, capsy
 
 @pytest.mark.parametrize("seed", [0])
 def test_sigkill_mid_track_leaves_nothing_to_duplicate(tmp_path, server, ledger, seed):
+    """track holds right after opening its k-th child run (selfilter/holdpoints.py), so the kill
+    lands with k-1 children finished, the k-th open and the parent open - on any machine."""
     root = build_fake_pipeline(tmp_path / "p", tracking={"experiment": f"crash-{seed}"})
     env = dict(os.environ, MLFLOW_TRACKING_URI=server.uri, OMP_NUM_THREADS="1")
     env.pop("SELFILTER_MLFLOW_PARENT", None)
@@ -107,19 +111,19 @@ def test_sigkill_mid_track_leaves_nothing_to_duplicate(tmp_path, server, ledger,
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=server.uri)
-    kill_at = int(np.random.default_rng(seed).integers(1, 10))  # runs created before the kill
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    count = 0
-    while proc.poll() is None and time.monotonic() < deadline:
-        exp = client.get_experiment_by_name(f"crash-{seed}")
-        count = len(client.search_runs([exp.experiment_id], max_results=1000)) if exp else 0
-        if count >= kill_at:
-            break
-        time.sleep(0.05)
+    kill_at = int(np.random.default_rng(seed).integers(1, 10))  # the child run open at the kill
+    marker = tmp_path / "held"
+    proc = subprocess.Popen(cmd, env=env | hold_env("track.run_opened", kill_at, marker),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    held = wait_held(marker, proc, timeout=180)
+    exp = client.get_experiment_by_name(f"crash-{seed}")
+    at_kill = [r.info.status for r in client.search_runs([exp.experiment_id], max_results=1000)] if exp else []
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "track finished before the kill: the case tested nothing"
+    assert held is not None and proc.returncode == -signal.SIGKILL, \
+        f"track did not reach child run {kill_at} before it ended: the kill would have tested nothing"
+    # the store at the kill: the parent and child k open (RUNNING), children 1..k-1 finished
+    assert sorted(at_kill) == sorted(["RUNNING"] * 2 + ["FINISHED"] * (kill_at - 1)), at_kill
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads((root / "metrics/tracking.json").read_text())
@@ -127,33 +131,41 @@ def test_sigkill_mid_track_leaves_nothing_to_duplicate(tmp_path, server, ledger,
     expected = summary["stage_runs"] + summary["aggregate_runs"] + summary["comparison_runs"] + 1
     orphans = [k for k, v in after.items() if v["parent"] is None and k[1] != "pipeline"]
     lost = expected - len(after)
-    ledger(f"SIGKILL after {count} runs created", "track (subprocess, mlflow server)",
-           "rerun completed the parent; no duplicate, orphan or RUNNING run", lost=lost + len(orphans),
-           calls=len(after), bound=expected)
+    ledger(f"SIGKILL held with child run {kill_at} of {expected - 1} open ({kill_at - 1} finished)",
+           "track (subprocess, mlflow server)",
+           f"rerun reopened the parent, relogged the open run and finished; no duplicate, orphan or RUNNING run; "
+           f"{summary['runs_skipped']} finished runs kept", lost=lost + len(orphans), calls=len(after), bound=expected)
     assert lost == 0 and not orphans and all(v["status"] == "FINISHED" for v in after.values())
+    assert summary["runs_skipped"] == kill_at - 1  # finished before the kill: kept, not logged again
 
 
 @pytest.mark.parametrize("seed", [0])
 def test_sigkill_while_the_sqlite_store_is_created(tmp_path, ledger, seed):
-    """track's first run creates mlruns.db; MLflow migrates its schema in many transactions.
-    A process killed half-way must not leave a store that every later run fails on."""
+    """track's first run creates mlruns.db; MLflow migrates its schema in ~1,700 SQL statements.
+    The creating process holds after statement k (selfilter/holdpoints.py) and is killed there;
+    the store it leaves must not be one that every later run fails on."""
     from selfilter.tracking import connect
 
-    db = tmp_path / "mlruns.db"
+    db = tmp_path / "store" / "mlruns.db"
+    kill_at = int(np.random.default_rng(seed).integers(20, 1000))  # of ~1,700 with mlflow 3.x
+    marker = tmp_path / "held"
     code = f"from selfilter.tracking import connect; connect('sqlite:///{db}', 'e')"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, OMP_NUM_THREADS="1"))
-    deadline = time.monotonic() + 120
-    while not any(tmp_path.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)  # the store's file (or its temporary) exists: the migration has begun
-    time.sleep(float(np.random.default_rng(seed).uniform(1.0, 3.0)))  # the migration takes ~8 s here
-    landed = proc.poll() is None
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1") | hold_env("tracking.store_statement", kill_at,
+                                                                                 marker))
+    held = wait_held(marker, proc, timeout=120)
+    left = sorted(p.name for p in db.parent.iterdir()) if db.parent.is_dir() else []
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert held is not None and proc.returncode == -signal.SIGKILL, \
+        f"the store was created before statement {kill_at}: the kill would have landed after the work"
+    # at the kill: a half-migrated temporary store, and no mlruns.db for the next run to trip on
+    assert "mlruns.db" not in left and f".mlruns.db.{held['pid']}.tmp" in left, left
     try:
         connect(f"sqlite:///{db}", "e")
-        outcome, lost = "the next run creates or opens the store", 0
+        outcome, lost = "the next run creates the store", 0
     except Exception as e:  # noqa: BLE001 - any failure here is the finding
         outcome, lost = f"store unusable: {str(e)[:80]}", 1
-    ledger("SIGKILL while mlruns.db is created" + ("" if landed else " (had finished)"), "track (sqlite store)",
-           outcome, lost=lost)
+    ledger(f"SIGKILL held at SQL statement {kill_at} of the creation of mlruns.db", "track (sqlite store)",
+           f"{outcome}; the killed run's half-migrated temporary file stays beside it", lost=lost)
     assert lost == 0

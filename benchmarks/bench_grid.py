@@ -19,6 +19,7 @@ one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -103,7 +104,7 @@ def _grid_arm(ws: Path, units: list[str], k: int, api: str, env: dict[str, str],
         wall = time.perf_counter() - t0
     finally:
         for w in workers:
-            with _suppress():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(w.pid, signal.SIGKILL)
     records = [json.loads(p.read_text()) for p in (ws / ".grid" / out["grid"] / "units").glob("*.json")]
     done = [r for r in records if r["status"] == "done"]
@@ -114,14 +115,6 @@ def _grid_arm(ws: Path, units: list[str], k: int, api: str, env: dict[str, str],
     return {"wall_s": round(wall, 1), "workers": out["workers"],
             "unit_wall_s": sorted(round(r["wall_s"], 1) for r in done),
             "unit_minus_train_s": sorted(round(x, 1) for x in overhead)}
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def _start_server(home: Path, logs: Path) -> tuple[subprocess.Popen, str, dict]:

@@ -538,10 +538,10 @@ def _fan_out_stages(root: Path, extra_env: dict[str, str], deployment: str, leas
 
 def _stale_stages(root: Path, extra_env: dict[str, str], names: list[str]) -> list[str]:
     """The stages of ``names`` that ``dvc status`` says must run."""
-    stale = []
+    stale, env = [], stage_env(extra_env)
     for name in names:
-        status = subprocess.run([tool_path("dvc"), "status", name, "--json"], cwd=root,
-                                env=stage_env(extra_env), capture_output=True, text=True)
+        status = subprocess.run([tool_path("dvc"), "status", name, "--json"], cwd=root, env=env,
+                                capture_output=True, text=True)
         if status.returncode != 0 or status.stdout.strip() not in ("{}", ""):
             stale.append(name)
     return stale
@@ -552,9 +552,7 @@ def _fan_out_features(root: Path, extra_env: dict[str, str], num_shards: int,
     """Map one task per shard over the flow's task runner (threads here; each shard is its own
     process pinned to a device), then let ``dvc repro features`` merge. Skipped when DVC says
     the features are already up to date."""
-    status = subprocess.run([tool_path("dvc"), "status", "features", "--json"], cwd=root,
-                            env=stage_env(extra_env), capture_output=True, text=True)
-    if status.returncode == 0 and status.stdout.strip() in ("{}", ""):
+    if not _stale_stages(root, extra_env, ["features"]):
         return
     command = _stage_command(root, "features")
     devs = [devices[i % len(devices)] if devices else None for i in range(num_shards)]

@@ -100,10 +100,7 @@ def _run(args: argparse.Namespace) -> int:
             if prev.get("checkpoint_sha256") == digests[name] and prev.get("settings_sha256") == settings_digest:
                 done[name] = read_json(target / "metrics.json")
                 continue
-        if args.plan:
-            jobs.append(Job(name, c, target, reference=name == BASE_DIR))
-            continue
-        if target.exists():
+        if target.exists() and not args.plan:
             shutil.rmtree(target)
         jobs.append(Job(name, c, target, reference=name == BASE_DIR))
     if args.plan:

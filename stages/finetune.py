@@ -79,6 +79,7 @@ def _plan(args, cfg, methods, out: Path, only: set[str] | None = None) -> list[_
     recipe = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_DIGEST}
     base_digest = file_digest(args.model) if Path(args.model).exists() else str(args.model)
     jobs: list[_Job] = []
+    known: set[str] = set()  # every run the selections define (checks --only names)
     for method in methods:
         if needs.read_left_out(Path(args.selections) / method):
             # nothing to train: the select stage left the method out and said why (the report too)
@@ -87,6 +88,7 @@ def _plan(args, cfg, methods, out: Path, only: set[str] | None = None) -> list[_
                 shutil.rmtree(out / method)
             continue
         specs = discover_subsets(Path(args.selections) / method)
+        known |= {f"{method}/{s.name}" for s in specs}
         method_out = out / method
         if only is not None:
             specs = [s for s in specs if f"{method}/{s.name}" in only]
@@ -109,10 +111,7 @@ def _plan(args, cfg, methods, out: Path, only: set[str] | None = None) -> list[_
                     raise ValueError(f"{spec.path}: record {i} has no integer 'uid'")
             jobs.append(_Job(method, spec, digest, records))
     if only is not None:
-        planned = {j.name for j in jobs} | {f"{m}/{s.name}" for m in methods
-                                             if not needs.read_left_out(Path(args.selections) / m)
-                                             for s in discover_subsets(Path(args.selections) / m)}
-        unknown = sorted(only - planned)
+        unknown = sorted(only - known)
         if unknown:
             raise ValueError(f"--only {unknown[0]}: no such run (selections/<method>/<run>/subset.json)")
     elif out.is_dir():
@@ -207,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
     only = set(args.only) if args.only else None
     methods = compared_methods(args.params, args.methods)
     if only is not None:
-        methods = [m for m in methods if any(u.split("/", 1)[0] == m for u in only)] or methods
+        methods = [m for m in methods if any(u.split("/", 1)[0] == m for u in only)]
     jobs = _plan(args, cfg, methods, out, only)
     if args.plan:
         import json

@@ -42,7 +42,7 @@ def stage1_missing(setting: str, judge_reason: str | None) -> str | None:
 
 
 def method_missing(needs: Iterable[str], *, judge_reason: str | None, has_hidden: bool,
-                   stage1_reasons: Mapping[str, str | None]) -> str | None:
+                   stage1_reasons: Mapping[str, str | None], has_scenes: bool = True) -> str | None:
     """Why a selection method with these declared inputs cannot run on this data, or None."""
     from selfilter.selection import registry as reg
 
@@ -52,6 +52,9 @@ def method_missing(needs: Iterable[str], *, judge_reason: str | None, has_hidden
         if need == reg.CLEAN and not has_hidden:
             return ("it reads hidden imperfection labels and this data has none (data.hidden_labels: null); "
                     "give data.hidden_labels ({\"id\", \"kind\"} per line)")
+        if need == reg.SCENE_SIZE and not has_scenes:
+            return ("it reads scene annotations (objects per picture) and this data has none (data.scenes: null); "
+                    "give data.scenes ({\"image\", \"objects\"} per line)")
         setting = {reg.DIFFICULTY_SCORES: "scores", reg.DIFFICULTY_CLIP: "clip"}.get(need)
         if setting and stage1_reasons.get(setting):
             return f"it reads stage 1's {setting} setting, whose {stage1_reasons[setting].removeprefix('its ')}"
@@ -103,7 +106,8 @@ def planned_left_out(params: Mapping[str, Any]) -> dict[str, str]:
         method = reg.METHODS.get(name)
         if method is None:
             continue
-        why = method_missing(method.needs, judge_reason=judge_reason, has_hidden=has_hidden, stage1_reasons=stage1)
+        why = method_missing(method.needs, judge_reason=judge_reason, has_hidden=has_hidden, stage1_reasons=stage1,
+                             has_scenes=has_scenes)
         if why:
             out[name] = why
     return out

@@ -4,10 +4,10 @@
         [--features features/clip.npy] [--stage1 stage1] [--judge judge/ratings.parquet] \
         [--el2n el2n/scores.parquet] [--clip-scores features/scores.parquet] [--ifd ifd/scores.parquet] \
         [--activations ifd/activations.npy] [--less less/scores.parquet] \
-        [--hidden data/pool/hidden.jsonl] [--source data/pool/source.json] --out selections/NAME
+        [--hidden data/pool/hidden.jsonl] [--scenes data/pool/scenes.jsonl] [--source data/pool/source.json] --out selections/NAME
 
-Reads only the inputs the method declares (the registry enforces it; only the ``oracle_clean``
-control reads the hidden labels). Writes, per budget fraction and seed, OUT/b{budget}_s{seed}/:
+Reads only the inputs the method declares (the registry enforces it; only the ``oracle_*``
+controls read the hidden labels and, for ``oracle_hard``, the scene annotations). Writes, per budget fraction and seed, OUT/b{budget}_s{seed}/:
 ``subset.json`` (the selected records exactly as read from records.jsonl, ``uid`` included, in
 pick/rank order: a LLaVA-format JSON array), ``trace.parquet`` (rank, uid, score at pick) and
 ``meta.json`` (method, budget, seed, counts, wall_seconds of the selection, params, input digests,
@@ -44,7 +44,7 @@ from stages._common import StageParser
 
 STAGE1_SETTINGS = {reg.DIFFICULTY_SCORES: "scores", reg.DIFFICULTY_CLIP: "clip"}
 # input name -> command-line flag (attribute) of its file
-FLAGS = {reg.FEATURES: "features", reg.JUDGE: "judge", reg.EL2N: "el2n", reg.CLEAN: "hidden",
+FLAGS = {reg.FEATURES: "features", reg.JUDGE: "judge", reg.EL2N: "el2n", reg.CLEAN: "hidden", reg.SCENE_SIZE: "scenes",
          reg.CLIP_SCORE: "clip_scores", reg.IFD: "ifd", reg.ACTIVATIONS: "activations", reg.LESS: "less"}
 # uid-keyed score tables: input name -> column
 COLUMNS = {reg.CLIP_SCORE: "clip_score", reg.IFD: "ifd", reg.LESS: "less"}
@@ -62,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ifd", help="ifd scores.parquet (ifd)")
     p.add_argument("--activations", help="ifd activations.npy [N, L*H] (coincide)")
     p.add_argument("--less", help="less scores.parquet (less)")
-    p.add_argument("--hidden", help="hidden imperfection labels, {id, kind} per line (oracle_clean control only)")
+    p.add_argument("--hidden", help="hidden imperfection labels, {id, kind} per line (oracle_* controls only)")
+    p.add_argument("--scenes", help="scene annotations, {image, objects} per line (oracle_hard control only)")
     p.add_argument("--source", help="the pool's source.json: which side files the data has (selfilter.needs)")
     p.add_argument("--method-params", dest="method_params",
                    help="select_params/<method>.json of the select_params stage: checked against params")
@@ -110,6 +111,22 @@ def _clean_mask(path: str, records: list[dict]) -> np.ndarray:
     return mask
 
 
+def _scene_sizes(path: str, records: list[dict]) -> np.ndarray:
+    """Objects in each record's scene annotation (keyed by the record's image), row-aligned."""
+    sizes: dict = {}
+    for line_no, row in enumerate(read_jsonl(path), 1):
+        objects = row.get("objects")
+        if not isinstance(objects, list):
+            raise ValueError(f"{path}: line {line_no}: 'objects' must be a list")
+        sizes[row.get("image")] = len(objects)
+    out = np.empty(len(records), dtype=np.int64)
+    for i, r in enumerate(records):
+        if r.get("image") not in sizes:
+            raise ValueError(f"{path}: no scene for record uid={r['uid']} image={r.get('image')!r}")
+        out[i] = sizes[r["image"]]
+    return out
+
+
 def build_inputs(args: argparse.Namespace, method: reg.Method, records: list[dict]) -> reg.SelectionInputs:
     """Lazy loaders for exactly the inputs ``method`` declares; a missing path is a user error."""
     uids = np.array([r["uid"] for r in records], dtype=np.int64)
@@ -133,6 +150,8 @@ def build_inputs(args: argparse.Namespace, method: reg.Method, records: list[dic
             loaders[need] = lambda p=path, c=COLUMNS[need]: _aligned(p, c, uids, allow_nan=need == reg.IFD)
         elif need == reg.CLEAN:
             loaders[need] = lambda p=path: _clean_mask(p, records)
+        elif need == reg.SCENE_SIZE:
+            loaders[need] = lambda p=path: _scene_sizes(p, records)
     return reg.SelectionInputs(n, loaders)
 
 
@@ -167,10 +186,12 @@ def scoring_cost(args: argparse.Namespace, method: reg.Method) -> dict | None:
 
 def left_out_reason(args: argparse.Namespace, method: reg.Method) -> str | None:
     """Why ``method`` cannot run on this data (selfilter.needs), or None."""
-    has_hidden = read_source(args.source).hidden_labels if args.source else bool(args.hidden)
+    source = read_source(args.source) if args.source else None
+    has_hidden = source.hidden_labels if source else bool(args.hidden)
+    has_scenes = source.scenes if source else bool(args.scenes)
     stage1 = {s: needs.read_left_out(Path(args.stage1) / s) for s in ("scores", "clip")} if args.stage1 else {}
     why = needs.method_missing(method.needs, judge_reason=needs.judge_left_out(args.judge),
-                               has_hidden=has_hidden, stage1_reasons=stage1)
+                               has_hidden=has_hidden, stage1_reasons=stage1, has_scenes=has_scenes)
     for need in method.needs:  # a scoring stage that left itself out (e.g. less on data it cannot target)
         path = getattr(args, FLAGS.get(need, ""), None)
         upstream = needs.read_left_out(Path(path).parent) if path else None

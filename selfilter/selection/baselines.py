@@ -76,3 +76,20 @@ def oracle_clean(is_clean: np.ndarray, budget_n: int, seed: int) -> np.ndarray:
     clean = rng.permutation(np.flatnonzero(is_clean))
     rest = rng.permutation(np.flatnonzero(~is_clean))
     return np.concatenate([clean, rest])[:budget_n].astype(np.int64)
+
+
+def oracle_hard(is_clean: np.ndarray, scene_size: np.ndarray, budget_n: int, seed: int) -> np.ndarray:
+    """CONTROL, not a method: reads hidden labels and scene annotations. Clean rows of the most
+    crowded scenes first (objects per scene, descending; a seeded shuffle within one size), then
+    the remaining rows at random. Whether it beats random says whether the benchmark rewards hard,
+    correct samples at all - the premise of hardest-first selection (docs/TESTBED.md "Regimes")."""
+    is_clean = np.asarray(is_clean, dtype=bool)
+    size = np.asarray(scene_size, dtype=np.float64)
+    if size.shape != is_clean.shape:
+        raise ValueError(f"scene sizes {size.shape} and clean labels {is_clean.shape} are not row-aligned")
+    budget_n = _check_budget(is_clean.shape[0], budget_n)
+    rng = np.random.default_rng(seed)
+    clean = rng.permutation(np.flatnonzero(is_clean))
+    clean = clean[np.argsort(-size[clean], kind="stable")]  # stable: the shuffle breaks ties
+    rest = rng.permutation(np.flatnonzero(~is_clean))
+    return np.concatenate([clean, rest])[:budget_n].astype(np.int64)

@@ -2,7 +2,7 @@
 
 A method is a function ``(inputs, budget_n, seed, options) -> Picked`` plus what it may read.
 ``SelectionInputs`` loads each array only when a method asks for it and refuses inputs the
-method did not declare, so e.g. only the ``oracle_clean`` control can ever see the hidden labels.
+method did not declare, so e.g. only the ``oracle_*`` controls can ever see the hidden labels.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ FEATURES = "features"  # CLIP features [N, 2D] float32
 JUDGE = "judge"  # judge rating [N] float
 EL2N = "el2n"  # EL2N score [N] float
 CLEAN = "clean"  # hidden: is the record clean [N] bool (controls only)
+SCENE_SIZE = "scene_size"  # hidden: objects in the record's scene annotation [N] int (controls only)
 CLIP_SCORE = "clip_score"  # CLIP image-text cosine [N] float (features/scores.parquet)
 IFD = "ifd"  # Instruction-Following Difficulty [N] float, NaN where undefined (ifd/scores.parquet)
 ACTIVATIONS = "activations"  # reference-VLM multi-layer activations [N, L*H] float (ifd/activations.npy)
@@ -248,6 +249,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("oracle_clean", (CLEAN,),
            lambda i, n, s, o: _unscored(baselines.oracle_clean(i.get(CLEAN), n, s)),
            "CONTROL: random sample of records known clean from the hidden labels", control=True),
+    Method("oracle_hard", (CLEAN, SCENE_SIZE),
+           lambda i, n, s, o: _unscored(baselines.oracle_hard(i.get(CLEAN), i.get(SCENE_SIZE), n, s)),
+           "CONTROL: records known clean, most crowded scenes first (hidden labels + scene annotations)",
+           control=True),
 ]}
 
 

@@ -12,7 +12,7 @@ def _inputs(calls):
     arrays = {reg.DIFFICULTY_SCORES: rng.normal(size=N), reg.DIFFICULTY_CLIP: rng.normal(size=N),
               reg.FEATURES: rng.normal(size=(N, 8)).astype(np.float32),
               reg.JUDGE: rng.integers(0, 11, N).astype(float), reg.EL2N: rng.random(N),
-              reg.CLEAN: rng.random(N) < 0.7, reg.CLIP_SCORE: rng.random(N),
+              reg.CLEAN: rng.random(N) < 0.7, reg.SCENE_SIZE: rng.integers(1, 7, N), reg.CLIP_SCORE: rng.random(N),
               reg.IFD: np.where(rng.random(N) < 0.1, np.nan, rng.random(N) * 1.5),
               reg.ACTIVATIONS: rng.normal(size=(N, 8)).astype(np.float32), reg.LESS: rng.normal(size=N)}
 
@@ -35,9 +35,9 @@ def test_unknown_method_lists_the_valid_names():
 def test_names_and_the_control_flag():
     assert set(reg.METHODS) == {"self_filter_scores", "self_filter_clip", "self_filter_nodiv",
                                 "self_filter_easiest", "self_filter_guarded", "random", "el2n", "alpagasus",
-                                "prototypicality", "full", "oracle_clean",
+                                "prototypicality", "full", "oracle_clean", "oracle_hard",
                                 "clip_score", "semdedup", "ifd", "coincide", "less"}
-    assert [m.name for m in reg.METHODS.values() if m.control] == ["oracle_clean"]
+    assert [m.name for m in reg.METHODS.values() if m.control] == ["oracle_clean", "oracle_hard"]
     assert reg.METHODS["full"].budgets == (1.0,)
 
 
@@ -49,7 +49,8 @@ def test_each_method_reads_only_what_it_declares(name):
     picked = reg.run_method(name, inputs, n, seed=0)
     assert len(picked.indices) == n == len(set(picked.indices.tolist()))
     assert set(calls) <= set(reg.METHODS[name].needs)
-    assert (reg.CLEAN in calls) == (name == "oracle_clean")  # only the control sees hidden labels
+    assert (reg.CLEAN in calls) == name.startswith("oracle_")  # only the controls see hidden labels
+    assert (reg.SCENE_SIZE in calls) == (name == "oracle_hard")
 
 
 def test_undeclared_input_is_refused():

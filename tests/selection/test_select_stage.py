@@ -29,6 +29,9 @@ def fake(tmp_path):
     pd.DataFrame({"uid": order, "el2n": rng.random(N)}).to_parquet(tmp_path / "el2n.parquet")
     (tmp_path / "imperfections.jsonl").write_text("".join(
         json.dumps({"id": f"s{i:03d}", "kind": "clean" if i % 3 else "wrong_answer"}) + "\n" for i in range(N)))
+    (tmp_path / "scenes.jsonl").write_text("".join(  # scene i has 1 + i % 6 objects
+        json.dumps({"image": f"images/{i}.png", "objects": [{"shape": "circle"}] * (1 + i % 6)}) + "\n"
+        for i in reversed(range(N))))  # joined by image, not by row order
     (tmp_path / "params.yaml").write_text("select:\n  budgets: [0.25, 0.5]\n  seeds: [0, 1]\n  n_clusters: 4\n")
     return tmp_path, records
 
@@ -43,10 +46,10 @@ def _run(tmp_path, method, **paths):
 
 
 ALL = lambda t: {"features": t / "clip.npy", "stage1": t / "stage1", "judge": t / "ratings.parquet",
-                 "el2n": t / "el2n.parquet", "hidden": t / "imperfections.jsonl"}
+                 "el2n": t / "el2n.parquet", "hidden": t / "imperfections.jsonl", "scenes": t / "scenes.jsonl"}
 
 
-@pytest.mark.parametrize("method", ["self_filter_clip", "alpagasus", "random", "oracle_clean"])
+@pytest.mark.parametrize("method", ["self_filter_clip", "alpagasus", "random", "oracle_clean", "oracle_hard"])
 def test_outputs_for_every_budget_and_seed(fake, method):
     tmp_path, records = fake
     assert _run(tmp_path, method, **ALL(tmp_path)) == 0
@@ -61,9 +64,12 @@ def test_outputs_for_every_budget_and_seed(fake, method):
             assert all(r == records[r["uid"]] for r in subset)  # the input records, untouched
             assert meta["method"] == method and meta["n_selected"] == n and meta["n_pool"] == N
             assert meta["budget"] == budget and meta["seed"] == seed and meta["wall_seconds"] >= 0
-            assert meta["control"] == (method == "oracle_clean")
-    if method == "oracle_clean":
+            assert meta["control"] == method.startswith("oracle_")
+    if method.startswith("oracle_"):
         assert all(int(r["id"][1:]) % 3 for r in subset)  # only clean ones while there are enough
+    if method == "oracle_hard":  # b0.5: the 12 clean 6- and 5-object scenes, the 7 3-object ones
+        sizes = [1 + r["uid"] % 6 for r in subset]  # (no 4-object scene is clean), one 2-object one
+        assert sorted(sizes[:12]) == [5] * 6 + [6] * 6 and sizes[12:] == [3] * 7 + [2]
 
 
 @pytest.mark.parametrize("method", ["self_filter_scores", "self_filter_clip", "random", "el2n", "alpagasus",
@@ -94,6 +100,15 @@ def test_self_filter_difficulty_is_joined_by_uid(fake):
     hardest = int(diff.sort_values("difficulty", ascending=False)["uid"].iloc[0])
     trace = pd.read_parquet(tmp_path / "sel" / "self_filter_nodiv" / "b0.25_s0" / "trace.parquet")
     assert trace["uid"].iloc[0] == hardest
+
+
+def test_oracle_hard_names_the_record_without_a_scene(fake, capsys):
+    tmp_path, _ = fake
+    lines = (tmp_path / "scenes.jsonl").read_text().splitlines()
+    (tmp_path / "scenes.jsonl").write_text("\n".join(line for line in lines if '"images/7.png"' not in line) + "\n")
+    assert _run(tmp_path, "oracle_hard", **ALL(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "scenes.jsonl" in err and "uid=7" in err
 
 
 def test_user_errors_are_one_line(fake, capsys):

@@ -204,8 +204,6 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_section("select", SelectConfig, args.params)
     method = reg.get_method(args.method)
     records = load_records(args.records)
-    inputs = build_inputs(args, method, records)
-    digests = {name: {"path": str(p), "sha256": file_digest(p)} for name, p in input_paths(args, method).items()}
     options = reg.options_from_config(cfg, show_progress=not args.no_progress)
     params = reg.method_params(method, cfg)
     if args.method_params:
@@ -223,6 +221,10 @@ def _run(args: argparse.Namespace) -> int:
         print(needs.line(method.name, why))
         return 0
     (out / needs.LEFT_OUT_FILE).unlink(missing_ok=True)
+    # after the left-out check: a method the data cannot feed is said in one line, not refused
+    # for a missing --flag
+    inputs = build_inputs(args, method, records)
+    digests = {name: {"path": str(p), "sha256": file_digest(p)} for name, p in input_paths(args, method).items()}
     scoring = scoring_cost(args, method)
     budgets = method.budgets or tuple(cfg.budgets)
     wanted = {subset_dirname(b, s) for b in budgets for s in cfg.seeds}

@@ -15,14 +15,14 @@ OWN_DATA = {"data": {"source": "llava", "annotations": "mine.json", "image_dir":
             "judge": {"backend": "annotation"},
             "stage1": {"settings": ["scores", "clip"]},
             "select": {"methods": ["self_filter_scores", "self_filter_clip", "random", "alpagasus", "full",
-                                   "oracle_clean", "el2n"]}}
+                                   "oracle_clean", "oracle_hard", "el2n"]}}
 
 
 def test_planned_left_out_on_your_own_data():
     out = needs.planned_left_out(OWN_DATA)
-    assert set(out) == {"judge", "stage1@scores", "self_filter_scores", "alpagasus", "oracle_clean"}
+    assert set(out) == {"judge", "stage1@scores", "self_filter_scores", "alpagasus", "oracle_clean", "oracle_hard"}
     assert "judge.backend: openai" in out["judge"] and "data.scenes" in out["judge"]
-    assert "data.hidden_labels" in out["oracle_clean"]
+    assert "data.hidden_labels" in out["oracle_clean"] and "data.hidden_labels" in out["oracle_hard"]
     assert out["self_filter_scores"].startswith("it reads stage 1's scores setting")
     for why in out.values():
         assert "\n" not in needs.line("x", why)
@@ -31,9 +31,11 @@ def test_planned_left_out_on_your_own_data():
 def test_nothing_left_out_where_the_data_has_it():
     assert needs.planned_left_out({**OWN_DATA, "data": {"source": "shapes"}}) == {}
     openai = {**OWN_DATA, "judge": {"backend": "openai"}}
-    assert set(needs.planned_left_out(openai)) == {"oracle_clean"}
+    assert set(needs.planned_left_out(openai)) == {"oracle_clean", "oracle_hard"}
     labelled = {**openai, "data": {**OWN_DATA["data"], "hidden_labels": "labels.jsonl"}}
-    assert needs.planned_left_out(labelled) == {}
+    assert set(needs.planned_left_out(labelled)) == {"oracle_hard"}  # labels, but no scenes to size
+    assert "data.scenes" in needs.planned_left_out(labelled)["oracle_hard"]
+    assert needs.planned_left_out({**labelled, "data": {**labelled["data"], "scenes": "s.jsonl"}}) == {}
 
 
 def _pool(tmp_path, scenes: bool, hidden: bool, n: int = 30):
@@ -74,7 +76,8 @@ def test_judge_stage_leaves_itself_out_and_the_readers_follow(tmp_path, capsys):
               "--judge", str(tmp_path / "judge" / "ratings.parquet"), "--hidden", str(tmp_path / "hidden.jsonl"),
               "--source", str(tmp_path / "source.json"), "--no-progress"]
     for method, fragment in [("alpagasus", "judge ratings"), ("self_filter_scores", "stage 1's scores"),
-                             ("oracle_clean", "hidden imperfection labels")]:
+                             ("oracle_clean", "hidden imperfection labels"),
+                             ("oracle_hard", "hidden imperfection labels")]:
         sel = tmp_path / "sel" / method
         assert select_stage.main([*common, "--method", method, "--out", str(sel)]) == 0
         assert fragment in needs.read_left_out(sel), method
@@ -108,3 +111,20 @@ def test_a_judge_whose_replies_never_parse_fails_rather_than_rate_everything_the
     assert "none of the 5 judge replies held a rating" in capsys.readouterr().err
     assert not (tmp_path / "judge" / "ratings.parquet").exists()
     assert judge_pkg  # imported for the monkeypatch target's package
+
+
+def test_oracle_hard_without_scenes_is_left_out_by_the_select_stage(tmp_path):
+    records = _pool(tmp_path, scenes=False, hidden=True)
+    (tmp_path / "hidden.jsonl").write_text("".join(json.dumps({"id": r["id"], "kind": "clean"}) + "\n" for r in records))
+    (tmp_path / "params.yaml").write_text("select:\n  budgets: [0.2]\n  seeds: [0]\n")
+    sel = tmp_path / "sel" / "oracle_hard"
+    assert select_stage.main(["--params", str(tmp_path / "params.yaml"), "--records", str(tmp_path / "records.jsonl"),
+                              "--hidden", str(tmp_path / "hidden.jsonl"), "--scenes", str(tmp_path / "scenes.jsonl"),
+                              "--source", str(tmp_path / "source.json"), "--method", "oracle_hard",
+                              "--out", str(sel), "--no-progress"]) == 0
+    assert "scene annotations" in needs.read_left_out(sel) and not list(sel.glob("b*_s*"))
+    # the same labels with the clean control: it runs
+    assert select_stage.main(["--params", str(tmp_path / "params.yaml"), "--records", str(tmp_path / "records.jsonl"),
+                              "--hidden", str(tmp_path / "hidden.jsonl"), "--source", str(tmp_path / "source.json"),
+                              "--method", "oracle_clean", "--out", str(tmp_path / "sel" / "oc"), "--no-progress"]) == 0
+    assert (tmp_path / "sel" / "oc" / "b0.2_s0" / "subset.json").is_file()

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     h = m["hypothesis"]
     print(f"{len(m['regimes'])} regime(s) mapped ({', '.join(m['regimes'])})"
           + (f"; not run: {', '.join(m['not_run'])}" if m["not_run"] else ""))
-    print(f"hypothesis {h['status']}: {h['cells_won']} of {h['cells_tested']} calibrated cell(s) won - {h['text']}")
+    print(f"hypothesis {h['status']}: {h['cells_won']} of {h['cells_tested']} cell(s) where its premise holds won"
+          + (f" ({h['cells_premise_absent']} without its premise)" if h.get("cells_premise_absent") else "") + f" - {h['text']}")
     print(f"map: {args.reports}/regimes.md, {args.reports}/regimes.json, {m['plot']}")
     return 0

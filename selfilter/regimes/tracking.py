@@ -44,7 +44,8 @@ def map_records(m: Mapping[str, Any], reports: str | Path) -> tuple[Any, list[An
     parent = RunRecord(key="regimes", name="regimes", kind="regimes",
                        metrics={"regimes_mapped": float(len(m["regimes"])),
                                 "hypothesis_cells_won": float(h["cells_won"]),
-                                "hypothesis_cells_tested": float(h["cells_tested"])},
+                                "hypothesis_cells_tested": float(h["cells_tested"]),
+                                "hypothesis_cells_premise_absent": float(h.get("cells_premise_absent", 0))},
                        tags={"selfilter.hypothesis": h["status"]}, artifacts=files)
     children = []
     for name, r in m["regimes"].items():

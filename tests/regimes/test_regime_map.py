@@ -9,7 +9,8 @@ from scipy import stats as sps
 
 from selfilter.regimes.map import build_map, hypothesis_verdict, regime_cells, render_markdown
 
-METHODS = ("random", "oracle_clean", "self_filter_scores", "self_filter_clip", "el2n")
+METHODS = ("random", "oracle_clean", "oracle_hard", "self_filter_scores", "self_filter_clip", "el2n")
+CONTROLS = ("oracle_clean", "oracle_hard")
 
 
 def _metrics(seeds: dict[str, dict[str, list[float]]], mdd: dict[str, float], full: list[float]) -> dict:
@@ -21,7 +22,7 @@ def _metrics(seeds: dict[str, dict[str, list[float]]], mdd: dict[str, float], fu
     methods = {}
     for budget, by_method in seeds.items():
         for m, values in by_method.items():
-            methods.setdefault(m, {})[budget] = entry(values, m == "oracle_clean")
+            methods.setdefault(m, {})[budget] = entry(values, m in CONTROLS)
     methods["full"] = {"1": entry(full)}
     resolution = {b: {"mdd": v, "n_seeds": 3} for b, v in mdd.items()}
     resolution["1"] = {"mdd": 0.1, "n_seeds": 3}
@@ -39,13 +40,16 @@ def test_cells_agree_with_scipy_welch_on_many_random_grids():
         shifts = {m: float(rng.normal(0, 0.08)) for m in METHODS}
         seeds = {"0.15": _grid(rng, shifts, noise=float(rng.uniform(0.005, 0.06)))}
         mdd = float(rng.uniform(0.0, 0.12))
-        cells = regime_cells({"name": "r"}, _metrics(seeds, {"0.15": mdd}, [0.6, 0.61, 0.62]))
+        cells = regime_cells({"name": "r"}, _metrics(seeds, {"0.15": mdd}, [0.6, 0.61, 0.62]), controls=CONTROLS)
         cell = cells["0.15"]
         ref = seeds["0.15"]["random"]
-        t = sps.ttest_ind(seeds["0.15"]["oracle_clean"], ref, equal_var=False)
-        ctl_up = statistics.fmean(seeds["0.15"]["oracle_clean"]) > statistics.fmean(ref)
-        expected = "calibrated" if (t.pvalue < 0.05 and ctl_up) else "blind"
-        assert cell["status"] == expected
+        beats = []
+        for ctl in CONTROLS:  # calibrated when any control beats random by scipy's Welch test
+            t = sps.ttest_ind(seeds["0.15"][ctl], ref, equal_var=False)
+            if t.pvalue < 0.05 and statistics.fmean(seeds["0.15"][ctl]) > statistics.fmean(ref):
+                beats.append(ctl)
+        expected = "calibrated" if beats else "blind"
+        assert cell["status"] == expected and cell["calibrated_by"] == beats
         checked[expected] += 1
         for m in METHODS[1:]:
             tm = sps.ttest_ind(seeds["0.15"][m], ref, equal_var=False)
@@ -81,7 +85,7 @@ def _seeds(sf_gap: float, control_gap: float = 0.3) -> dict[str, list[float]]:
             "self_filter_clip": [x - 0.1 for x in base]}
 
 
-SPEC = {"reference": "random", "control": "oracle_clean", "regimes": {"hyp": {}, "other": {}, "later": {}},
+SPEC = {"reference": "random", "control": "oracle_clean", "regimes": {"hyp": {}, "other": {}, "later": {}},  # old key
         "hypothesis": {"text": "hard-first wins when clean", "regimes": ["hyp"], "methods": ["self_filter_scores", "self_filter_clip"]}}
 
 
@@ -112,3 +116,48 @@ def test_plot_draws_every_cell(tmp_path):
     from PIL import Image
 
     assert Image.open(out).size[0] > 300
+
+
+SPEC2 = {"reference": "random", "controls": ["oracle_clean", "oracle_hard"], "regimes": {"hyp": {}},
+         "hypothesis": {**SPEC["hypothesis"], "control": "oracle_hard"}}
+
+
+def _seeds2(sf_gap: float, clean_gap: float, hard_gap: float) -> dict[str, list[float]]:
+    return {**_seeds(sf_gap, clean_gap), "oracle_hard": [x + hard_gap for x in (0.50, 0.505, 0.52)]}
+
+
+@pytest.mark.parametrize("sf_gap, clean_gap, hard_gap, cell_status, status, premise_absent", [
+    (0.2, 0.0, 0.3, "calibrated", "confirmed", 0),     # low noise: only the difficulty control sees anything
+    (0.0, 0.0, 0.3, "calibrated", "refuted", 0),       # hard samples help, Self-Filter does not find them
+    (0.2, 0.3, 0.0, "calibrated", "not tested", 2),    # calibrated by cleanliness, but hard samples do not help
+    (0.2, 0.0, 0.0, "blind", "not tested", 2),
+])
+def test_the_hypothesis_is_judged_only_where_its_premise_holds(sf_gap, clean_gap, hard_gap, cell_status, status,
+                                                               premise_absent):
+    hyp = {b: _seeds2(sf_gap, clean_gap, hard_gap) for b in ("0.15", "0.3")}
+    m = build_map([_entry("hyp", hyp)], SPEC2)
+    cell = m["regimes"]["hyp"]["cells"]["0.15"]
+    assert cell["status"] == cell_status
+    assert set(cell["controls"]) == {"oracle_clean", "oracle_hard"}
+    h = m["hypothesis"]
+    assert h["status"] == status and h["cells_premise_absent"] == premise_absent
+    md = render_markdown(m)
+    assert f"**{status.upper()}**" in md and "oracle_hard" in md
+    if premise_absent:
+        assert "not counted: premise absent: oracle_hard does not beat random" in md
+    if cell_status == "calibrated":
+        assert f"| hyp | 15% | calibrated ({', '.join(cell['calibrated_by'])}) |" in md
+
+
+def test_a_sweep_file_with_a_hypothesis_control_that_is_not_a_control_is_refused(tmp_path):
+    from selfilter.config import ConfigError
+    from selfilter.regimes.spec import load_spec
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("controls: [oracle_clean]\nhypothesis: {text: t, regimes: [a], methods: [m], control: oracle_hard}\n"
+                    "regimes: {a: {describe: d, noise: low}}\n")
+    with pytest.raises(ConfigError, match="hypothesis.control 'oracle_hard' is not one of controls"):
+        load_spec(path)
+    path.write_text("control: oracle_clean\nhypothesis: {text: t, regimes: [a], methods: [m]}\n"
+                    "regimes: {a: {describe: d, noise: low}}\n")
+    assert load_spec(path).controls == ["oracle_clean"]  # the key of sweep files before oracle_hard

@@ -67,7 +67,11 @@ def collect_regime(ws: Path, dest: Path, name: str, regime: Mapping[str, Any],
             tmp = dest / (Path(rel).name + ".partial")
             shutil.copyfile(ws / rel, tmp)
             tmp.replace(dest / Path(rel).name)
+    from selfilter.grid import code_digest
+
+    # the code the results came from: a regime rerun on other code is a fresh draw of its seed
+    # noise (and may build another base model), so a map mixing code versions says so
     record = {"name": name, **dict(regime), "overrides": dict(overrides), "workspace": str(ws),
-              "pool": pool_profile(ws), "judge": judge_profile(ws)}
+              "code": code_digest(ws)[:16], "pool": pool_profile(ws), "judge": judge_profile(ws)}
     write_json(dest / "regime.json", record)
     return record

@@ -158,6 +158,7 @@ def build_map(entries: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]], sp
     for record, metrics in sorted(entries, key=lambda e: order.index(e[0]["name"]) if e[0]["name"] in order else 10**6):
         regimes[record["name"]] = {
             "describe": record.get("describe"), "noise": record.get("noise"), "overrides": record.get("overrides", {}),
+            "code": record.get("code"),  # None: collected before code digests were recorded
             "pool": record.get("pool", {}), "judge": record.get("judge"),
             "cells": regime_cells(record, metrics, spec.get("reference", "random"), _controls(spec)),
         }
@@ -208,6 +209,14 @@ def render_markdown(m: Mapping[str, Any]) -> str:
                      f"{j.get('view', '-')} | {_fmt(j.get('auc'))} | {_fmt(j.get('balanced_accuracy'))} |")
     if m["not_run"]:
         lines += ["", f"Not run yet: {', '.join(m['not_run'])} (the sweep resumes them: same command)."]
+    versions: dict[str, list[str]] = {}
+    for name, r in m["regimes"].items():
+        versions.setdefault(r.get("code") or "not recorded", []).append(name)
+    if len(versions) > 1 or "not recorded" in versions:
+        lines += ["", f"**Code versions: the regimes were collected from {len(versions)} versions of the code** "
+                  "(digest of the workspace's code; a rerun on other code is a new draw of each run's seed "
+                  "noise, and may build another base model, so compare regimes of one version): "
+                  + "; ".join(f"`{v}`: {', '.join(names)}" for v, names in versions.items()) + "."]
     lines += ["", "## Gap to random, per regime and budget", "",
               "Each cell: the method's overall mean minus random's (3 decimals); `*` = resolved (Welch test "
               "at 95% and beyond the regime's MDD). A **blind** row: no control ("

@@ -161,3 +161,14 @@ def test_a_sweep_file_with_a_hypothesis_control_that_is_not_a_control_is_refused
     path.write_text("control: oracle_clean\nhypothesis: {text: t, regimes: [a], methods: [m]}\n"
                     "regimes: {a: {describe: d, noise: low}}\n")
     assert load_spec(path).controls == ["oracle_clean"]  # the key of sweep files before oracle_hard
+
+
+def test_a_map_mixing_code_versions_says_which_regime_came_from_which():
+    a = _entry("hyp", {"0.15": _seeds(0.2)})
+    b = _entry("other", {"0.15": _seeds(0.2)})
+    same = build_map([({**a[0], "code": "c1"}, a[1]), ({**b[0], "code": "c1"}, b[1])], SPEC)
+    assert "Code versions" not in render_markdown(same)
+    mixed = build_map([({**a[0], "code": "c1"}, a[1]), b], SPEC)  # "other": collected before digests
+    md = render_markdown(mixed)
+    assert "collected from 2 versions of the code" in md
+    assert "`c1`: hyp" in md and "`not recorded`: other" in md

@@ -25,6 +25,9 @@ def test_the_shipped_sweep_is_valid_and_states_its_hypothesis_first():
     assert any(spec.params_overrides(n).get("judge.annotation.view") == "caption" for n in spec.regimes)
     assert spec.overrides["select.seeds"] == [0, 1, 2] and spec.overrides["select.budgets"] == [0.15, 0.30]
     assert "self_filter_guarded" in spec.overrides["select.methods"]
+    # low-noise cells need a difficulty control (oracle_clean is nearly random there), and the
+    # hypothesis is judged only where its premise - oracle_hard beats random - holds
+    assert spec.controls == ["oracle_clean", "oracle_hard"] and spec.hypothesis.control == "oracle_hard"
     # every override names a real params key
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name in spec.regimes:

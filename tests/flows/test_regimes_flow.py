@@ -58,7 +58,7 @@ def test_each_regime_in_its_own_workspace_sharing_the_cache(dvc_project: Path, m
     assert not (ws_a / ".dvc" / "cache").exists()
     assert (dvc_project / "params.yaml").read_text() == params_before
     md = (dvc_project / "reports" / "regimes.md").read_text()
-    assert "**CONFIRMED**" in md and "| a | 50% | calibrated |" in md
+    assert "**CONFIRMED**" in md and "| a | 50% | calibrated (oracle_clean) |" in md
     assert (dvc_project / "reports" / "regimes" / "map.png").is_file()
     written = json.loads((dvc_project / "reports" / "regimes.json").read_text())
     assert (written["plot"], written["sweep"]) == ("reports/regimes/map.png", "sweeps/toy.yaml")  # not this machine's paths

@@ -68,10 +68,13 @@ def collect_regime(ws: Path, dest: Path, name: str, regime: Mapping[str, Any],
             shutil.copyfile(ws / rel, tmp)
             tmp.replace(dest / Path(rel).name)
     from selfilter.grid import code_digest
+    from selfilter.selection.neighbours import cpu_description
 
-    # the code the results came from: a regime rerun on other code is a fresh draw of its seed
-    # noise (and may build another base model), so a map mixing code versions says so
+    # the code and the CPU the results came from: training this small model is chaotic, so a rerun
+    # on other code or another instruction set (AVX2 vs AVX-512 kernels) is a fresh draw of its
+    # seed noise - a map mixing them says so
     record = {"name": name, **dict(regime), "overrides": dict(overrides), "workspace": str(ws),
-              "code": code_digest(ws)[:16], "pool": pool_profile(ws), "judge": judge_profile(ws)}
+              "code": code_digest(ws)[:16], "machine": cpu_description(),
+              "pool": pool_profile(ws), "judge": judge_profile(ws)}
     write_json(dest / "regime.json", record)
     return record

@@ -159,6 +159,7 @@ def build_map(entries: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]], sp
         regimes[record["name"]] = {
             "describe": record.get("describe"), "noise": record.get("noise"), "overrides": record.get("overrides", {}),
             "code": record.get("code"),  # None: collected before code digests were recorded
+            "machine": record.get("machine"),  # the CPU (model and the ISA flags that pick kernels)
             "pool": record.get("pool", {}), "judge": record.get("judge"),
             "cells": regime_cells(record, metrics, spec.get("reference", "random"), _controls(spec)),
         }
@@ -211,12 +212,13 @@ def render_markdown(m: Mapping[str, Any]) -> str:
         lines += ["", f"Not run yet: {', '.join(m['not_run'])} (the sweep resumes them: same command)."]
     versions: dict[str, list[str]] = {}
     for name, r in m["regimes"].items():
-        versions.setdefault(r.get("code") or "not recorded", []).append(name)
-    if len(versions) > 1 or "not recorded" in versions:
-        lines += ["", f"**Code versions: the regimes were collected from {len(versions)} versions of the code** "
-                  "(digest of the workspace's code; a rerun on other code is a new draw of each run's seed "
-                  "noise, and may build another base model, so compare regimes of one version): "
-                  + "; ".join(f"`{v}`: {', '.join(names)}" for v, names in versions.items()) + "."]
+        key = f"code {r.get('code') or 'not recorded'} on {r.get('machine') or 'CPU not recorded'}"
+        versions.setdefault(key, []).append(name)
+    if len(versions) > 1 or any("not recorded" in v for v in versions):
+        lines += ["", f"**The regimes come from {len(versions)} (code, CPU) combinations**: training this small "
+                  "model is chaotic, so a rerun on other code or another instruction set is a new draw of each "
+                  "run's seed noise - compare regimes of one combination: "
+                  + "; ".join(f"{v}: {', '.join(names)}" for v, names in versions.items()) + "."]
     lines += ["", "## Gap to random, per regime and budget", "",
               "Each cell: the method's overall mean minus random's (3 decimals); `*` = resolved (Welch test "
               "at 95% and beyond the regime's MDD). A **blind** row: no control ("

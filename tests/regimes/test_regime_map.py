@@ -166,9 +166,13 @@ def test_a_sweep_file_with_a_hypothesis_control_that_is_not_a_control_is_refused
 def test_a_map_mixing_code_versions_says_which_regime_came_from_which():
     a = _entry("hyp", {"0.15": _seeds(0.2)})
     b = _entry("other", {"0.15": _seeds(0.2)})
-    same = build_map([({**a[0], "code": "c1"}, a[1]), ({**b[0], "code": "c1"}, b[1])], SPEC)
-    assert "Code versions" not in render_markdown(same)
-    mixed = build_map([({**a[0], "code": "c1"}, a[1]), b], SPEC)  # "other": collected before digests
+    cpu = {"machine": "EPYC [avx2 fma]"}
+    same = build_map([({**a[0], "code": "c1", **cpu}, a[1]), ({**b[0], "code": "c1", **cpu}, b[1])], SPEC)
+    assert "combinations" not in render_markdown(same)
+    mixed = build_map([({**a[0], "code": "c1", **cpu}, a[1]), b], SPEC)  # "other": collected before digests
     md = render_markdown(mixed)
-    assert "collected from 2 versions of the code" in md
-    assert "`c1`: hyp" in md and "`not recorded`: other" in md
+    assert "come from 2 (code, CPU) combinations" in md
+    assert "code c1 on EPYC [avx2 fma]: hyp" in md and "code not recorded on CPU not recorded: other" in md
+    other_cpu = build_map([({**a[0], "code": "c1", **cpu}, a[1]),
+                           ({**b[0], "code": "c1", "machine": "EPYC [avx2 avx512f fma]"}, b[1])], SPEC)
+    assert "come from 2 (code, CPU) combinations" in render_markdown(other_cpu)  # same code, another CPU

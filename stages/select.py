@@ -113,17 +113,17 @@ def _clean_mask(path: str, records: list[dict]) -> np.ndarray:
 
 def _scene_sizes(path: str, records: list[dict]) -> np.ndarray:
     """Objects in each record's scene annotation (keyed by the record's image), row-aligned."""
-    sizes: dict = {}
-    for line_no, row in enumerate(read_jsonl(path), 1):
-        objects = row.get("objects")
-        if not isinstance(objects, list):
-            raise ValueError(f"{path}: line {line_no}: 'objects' must be a list")
-        sizes[row.get("image")] = len(objects)
+    from selfilter.judge.annotation import index_scenes
+
+    scenes = index_scenes(read_jsonl(path), source=path)
     out = np.empty(len(records), dtype=np.int64)
     for i, r in enumerate(records):
-        if r.get("image") not in sizes:
+        scene = scenes.get(str(r.get("image")))
+        if scene is None:
             raise ValueError(f"{path}: no scene for record uid={r['uid']} image={r.get('image')!r}")
-        out[i] = sizes[r["image"]]
+        if not isinstance(scene.get("objects"), list):
+            raise ValueError(f"{path}: the scene of image {r['image']!r} has no 'objects' list")
+        out[i] = len(scene["objects"])
     return out
 
 

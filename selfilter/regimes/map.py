@@ -91,18 +91,19 @@ def regime_cells(record: Mapping[str, Any], metrics: Mapping[str, Any], referenc
     return cells
 
 
-def _premise(cell: Mapping[str, Any], control: str | None) -> str | None:
-    """Why this cell cannot test the hypothesis, or None when it can."""
+def _premise(cell: Mapping[str, Any], control: str | None) -> tuple[str | None, bool]:
+    """(why this cell cannot test the hypothesis or None when it can, whether the reason is that
+    the premise is absent - its control ran and does not beat random)."""
     if control is None:
-        return None if cell["status"] == "calibrated" else cell["status"]
+        return (None if cell["status"] == "calibrated" else cell["status"]), False
     t = cell.get("controls", {}).get(control)
     if t is None:
-        return f"{control} did not run"
+        return f"{control} did not run", False
     if t["beats"] is None:
-        return f"{control} has one seed"
+        return f"{control} has one seed", False
     if not t["beats"]:
-        return f"premise absent: {control} does not beat random ({t['gap']:+.3f}, p = {t['p']:.3f})"
-    return None
+        return f"premise absent: {control} does not beat random ({t['gap']:+.3f}, p = {t['p']:.3f})", True
+    return None, False
 
 
 def hypothesis_verdict(regimes: Mapping[str, Mapping[str, Any]], hypothesis: Mapping[str, Any]) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def hypothesis_verdict(regimes: Mapping[str, Mapping[str, Any]], hypothesis: Map
                 best = max(candidates, key=lambda m: candidates[m]["gap"])
                 row.update(best=best, gap=candidates[best]["gap"], p=candidates[best]["p"],
                            resolved=candidates[best]["resolved"])
-            why = _premise(cell, control)
+            why, premise_absent = _premise(cell, control)
             if why is None and candidates:
                 tested += 1
                 won = any(c["resolved"] and c["gap"] > 0 for c in candidates.values())
@@ -132,7 +133,7 @@ def hypothesis_verdict(regimes: Mapping[str, Mapping[str, Any]], hypothesis: Map
                 row["wins"] = won
             else:
                 row["not_tested"] = why or "no hypothesis method ran"
-                absent += bool(why and why.startswith("premise absent"))
+                absent += premise_absent
             evidence.append(row)
     if tested == 0:
         status = "not tested"

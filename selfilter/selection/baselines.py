@@ -67,15 +67,22 @@ def prototypicality(features: np.ndarray, budget_n: int, n_clusters: int, seed: 
     return top_k(prototypicality_scores(features, n_clusters, seed), budget_n, seed)
 
 
-def oracle_clean(is_clean: np.ndarray, budget_n: int, seed: int) -> np.ndarray:
-    """CONTROL, not a method: reads hidden labels. A random sample of clean rows; when there are
-    fewer clean rows than the budget, all of them plus a random fill from the rest."""
-    is_clean = np.asarray(is_clean, dtype=bool)
+def _clean_first(is_clean: np.ndarray, budget_n: int, seed: int, key: np.ndarray | None = None) -> np.ndarray:
+    """The controls' one rule: clean rows in a seeded shuffle - ordered by ``key`` descending
+    when given (stable, so the shuffle breaks ties) - then the other rows in a seeded shuffle."""
     budget_n = _check_budget(is_clean.shape[0], budget_n)
     rng = np.random.default_rng(seed)
     clean = rng.permutation(np.flatnonzero(is_clean))
+    if key is not None:
+        clean = clean[np.argsort(-key[clean], kind="stable")]
     rest = rng.permutation(np.flatnonzero(~is_clean))
     return np.concatenate([clean, rest])[:budget_n].astype(np.int64)
+
+
+def oracle_clean(is_clean: np.ndarray, budget_n: int, seed: int) -> np.ndarray:
+    """CONTROL, not a method: reads hidden labels. A random sample of clean rows; when there are
+    fewer clean rows than the budget, all of them plus a random fill from the rest."""
+    return _clean_first(np.asarray(is_clean, dtype=bool), budget_n, seed)
 
 
 def oracle_hard(is_clean: np.ndarray, scene_size: np.ndarray, budget_n: int, seed: int) -> np.ndarray:
@@ -87,9 +94,4 @@ def oracle_hard(is_clean: np.ndarray, scene_size: np.ndarray, budget_n: int, see
     size = np.asarray(scene_size, dtype=np.float64)
     if size.shape != is_clean.shape:
         raise ValueError(f"scene sizes {size.shape} and clean labels {is_clean.shape} are not row-aligned")
-    budget_n = _check_budget(is_clean.shape[0], budget_n)
-    rng = np.random.default_rng(seed)
-    clean = rng.permutation(np.flatnonzero(is_clean))
-    clean = clean[np.argsort(-size[clean], kind="stable")]  # stable: the shuffle breaks ties
-    rest = rng.permutation(np.flatnonzero(~is_clean))
-    return np.concatenate([clean, rest])[:budget_n].astype(np.int64)
+    return _clean_first(is_clean, budget_n, seed, key=size)

@@ -113,7 +113,8 @@ def _run(args: argparse.Namespace) -> int:
             data_files = _build_datasets(info, args, tasks, Path(tmp) / "bench")
             make_evaluator = functools.partial(
                 LmmsEvaluator, tasks, cfg.include_path, data_files=data_files, limit=cfg.limit,
-                device=cfg.device, dtype=cfg.dtype, model=cfg.model, cache_dir=Path(tmp) / "hf_datasets")
+                device=cfg.device, dtype=cfg.dtype, model=cfg.model, cache_dir=Path(tmp) / "hf_datasets",
+                batch_size=cfg.batch_size)
             metrics = run_jobs(jobs, make_evaluator, workers=cfg.workers, torch_threads=cfg.torch_threads)
         for job in jobs:
             write_json(job.output_dir / "metrics.json", metrics[job.name])

@@ -7,7 +7,7 @@ standard ones by name (the GPU profiles).
 """
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from selfilter.config import Section
 
@@ -26,6 +26,14 @@ class EvaluateConfig(Section):
     dtype: str = "float32"                     # float32 | bfloat16 | float16 | auto
     workers: int = Field(2, ge=1)              # evaluation processes (each loads the tasks once)
     torch_threads: int = Field(1, ge=1)        # per worker: on 2 cores, 2 workers x 1 thread wins
+    batch_size: int = Field(16, ge=1)          # questions per generate call (selfilter_llava_hf; 1 = llava_hf's own loop)
+
+    @model_validator(mode="after")
+    def _batching_model(self):
+        if self.batch_size > 1 and self.model != "selfilter_llava_hf":
+            raise ValueError(f"evaluate.batch_size {self.batch_size} needs model selfilter_llava_hf: lmms-eval's "
+                             f"{self.model} generates one question at a time (set batch_size: 1)")
+        return self
 
     @field_validator("tasks")
     @classmethod

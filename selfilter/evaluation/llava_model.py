@@ -6,9 +6,18 @@ transformers 5.2x, it cannot run: it tokenizes the context alone through the pro
 the text but no images were passed"). With older transformers that call succeeds but leaves the
 placeholder as one token while the scored sequence holds the expanded image tokens, so the
 label mask stops ``image_seq_length - 1`` tokens short and the loss includes the end of the
-question. This subclass changes only ``loglikelihood``; prompting and generation are
-``llava_hf``'s, unchanged (``generate_until`` is inherited), so generation tasks score exactly
-as with ``llava_hf``.
+question. This subclass changes ``loglikelihood``, and lets ``generate_until`` run in batches.
+
+Generation at ``batch_size`` 1 is ``llava_hf``'s own, inherited unchanged. lmms-eval 0.7.3's
+``llava_hf`` refuses any other batch size ("Do not support batch_size_per_gpu > 1"), and at batch
+1 a small model's evaluation is per-token Python overhead: 94% of the embedded default's
+evaluate stage was ``generate`` at batch 1. With ``batch_size`` > 1 the same prompts (chat
+template, ``<image>`` prepended as ``llava_hf`` does), the same greedy/sampling arguments and
+the same decoding (``skip_special_tokens``; ``until`` is not applied, as ``llava_hf`` does not)
+go through one left-padded ``generate`` call per batch of requests with equal generation
+arguments, each with exactly one image; any other request takes the batch-1 path. Outputs equal
+the batch-1 path's up to float rounding: identical in float64 (tests/evaluation), and on the
+embedded benchmark in float32 the measured differences are listed in docs/METHOD.md.
 
 What it returns keeps lmms-eval's convention - not lm-eval's summed log-probability: every
 ``loglikelihood`` of lmms-eval's models returns ``(outputs.loss, is_greedy)``, the *mean*
@@ -23,6 +32,9 @@ Registered with lmms-eval's model registry by :func:`register` (the evaluator ca
 """
 from __future__ import annotations
 
+import json
+
+import PIL.Image
 import torch
 from lmms_eval.models.simple.llava_hf import DEFAULT_IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE, LlavaHf
 from tqdm.auto import tqdm
@@ -33,12 +45,16 @@ MODEL_NAME = "selfilter_llava_hf"
 class SelfilterLlavaHf(LlavaHf):
     """``llava_hf`` whose ``loglikelihood`` scores exactly the continuation's tokens."""
 
-    def _render(self, context: str, continuation: str) -> tuple[str, str]:
-        messages = [{"role": "user", "content": context}, {"role": "assistant", "content": continuation}]
+    def _use_chat_template(self) -> None:
+        """The template ``llava_hf`` prompts with: the model arg's, else the tokenizer's, else Vicuna."""
         if self.chat_template is not None:
             self.tokenizer.chat_template = self.chat_template
         elif self.tokenizer.chat_template is None:
             self.tokenizer.chat_template = VICUNA_CHAT_TEMPLATE  # llava_hf's fallback
+
+    def _render(self, context: str, continuation: str) -> tuple[str, str]:
+        messages = [{"role": "user", "content": context}, {"role": "assistant", "content": continuation}]
+        self._use_chat_template()
         prompt = self.tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
         full = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         return prompt, full
@@ -78,6 +94,76 @@ class SelfilterLlavaHf(LlavaHf):
             greedy = bool((logprobs.argmax(-1) == targets).all())
             res.append((float(-token_lp.mean()), greedy))
         return res
+
+
+    def generate_until(self, requests) -> list[str]:
+        """``llava_hf``'s generation, in batches of ``batch_size`` (see the module docstring)."""
+        if self.batch_size_per_gpu <= 1:
+            return super().generate_until(requests)
+        res: list[str | None] = [None] * len(requests)
+        groups: dict[str, list[tuple[int, str, PIL.Image.Image]]] = {}
+        single = []
+        for i, r in enumerate(requests):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = r.args
+            visuals = self.flatten([doc_to_visual(self.task_dict[task][split][doc_id])])
+            if len(visuals) != 1 or not isinstance(visuals[0], PIL.Image.Image):
+                single.append(i)  # text-only, several images, video: llava_hf's own path
+                continue
+            key = json.dumps(gen_kwargs, sort_keys=True, default=repr)
+            groups.setdefault(key, []).append((i, context, visuals[0]))
+        if single:
+            batch, self.batch_size_per_gpu = self.batch_size_per_gpu, 1
+            try:
+                for i, text in zip(single, super().generate_until([requests[i] for i in single])):
+                    res[i] = text
+            finally:
+                self.batch_size_per_gpu = batch
+        n_batches = sum(-(-len(g) // self.batch_size_per_gpu) for g in groups.values())
+        bar = tqdm(total=n_batches, disable=(self.rank != 0), desc="Model Responding")
+        for key, items in groups.items():
+            gen_kwargs = json.loads(key)
+            gen_kwargs.pop("until", None)  # llava_hf stops at end-of-sequence only
+            prompts = []
+            for i, context, _ in items:
+                if DEFAULT_IMAGE_TOKEN not in context:  # as llava_hf prepends it
+                    context = f"{DEFAULT_IMAGE_TOKEN}\n{context}"
+                self._use_chat_template()
+                prompts.append(self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": context}], tokenize=False, add_generation_prompt=True))
+            # longest prompts first (as llava_hf orders them): rows of a batch pad little
+            order = sorted(range(len(items)), key=lambda j: -len(self.tok_encode(prompts[j])))
+            for start in range(0, len(order), self.batch_size_per_gpu):
+                rows = order[start:start + self.batch_size_per_gpu]
+                for (i, _, _), text in zip([items[j] for j in rows],
+                                           self._generate_batch([prompts[j] for j in rows],
+                                                                [items[j][2] for j in rows], gen_kwargs)):
+                    res[i] = text
+                    self.cache_hook.add_partial("generate_until", (requests[i].args[0], gen_kwargs), text)
+                bar.update(1)
+        bar.close()
+        return res
+
+    def _generate_batch(self, prompts: list[str], images: list, gen_kwargs: dict) -> list[str]:
+        """One left-padded ``generate`` over ``prompts`` (one image each), with llava_hf's defaults."""
+        tok = self.tokenizer
+        side, pad = tok.padding_side, tok.pad_token
+        tok.padding_side = "left"  # generation continues every row from its last real token
+        if tok.pad_token is None:
+            tok.pad_token = tok.decode([self.eot_token_id])
+        try:
+            inputs = self._image_processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        finally:
+            tok.padding_side, tok.pad_token = side, pad
+        inputs = inputs.to(self._device, self.model.dtype)
+        temperature = gen_kwargs.get("temperature", 0)
+        do_sample = temperature > 0
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs, do_sample=do_sample, temperature=temperature if do_sample else None,
+                top_p=gen_kwargs.get("top_p"), num_beams=gen_kwargs.get("num_beams", 1),
+                max_new_tokens=gen_kwargs.get("max_new_tokens", 1024), use_cache=self.use_cache,
+                pad_token_id=self.eot_token_id, eos_token_id=self.eot_token_id)
+        return tok.batch_decode(out[:, inputs["input_ids"].shape[-1]:], skip_special_tokens=True)
 
 
 def register() -> None:

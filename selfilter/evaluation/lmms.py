@@ -105,7 +105,7 @@ class LmmsEvaluator:
     def __init__(self, tasks: Sequence[str], include_path: str | os.PathLike | Sequence | None = None,
                  data_files: Mapping[str, str | os.PathLike] | None = None, limit: int | None = None,
                  device: str = "cpu", dtype: str = "float32", model: str = "llava_hf",
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, batch_size: int = 1):
         import lmms_eval.evaluator  # noqa: F401  (imports lmms_eval.models, which sets up its logging)
         from lmms_eval.tasks import TaskManager, get_task_dict
 
@@ -120,6 +120,7 @@ class LmmsEvaluator:
         self.device = device
         self.dtype = dtype
         self.model = model
+        self.batch_size = batch_size
         data_files = dict(data_files or {})
         include = [str(include_path)] if isinstance(include_path, (str, os.PathLike)) else include_path
         include = [str(p) for p in include] if include else None
@@ -172,7 +173,7 @@ class LmmsEvaluator:
             datetime_str = get_datetime_str()
             results = simple_evaluate(
                 model=self.model, model_args=self.model_args(checkpoint_dir), tasks=self._task_objects,
-                task_manager=self.task_manager, limit=self.limit, device=self.device, batch_size=1,
+                task_manager=self.task_manager, limit=self.limit, device=self.device, batch_size=self.batch_size,
                 log_samples=True, evaluation_tracker=tracker, bootstrap_iters=0, verbosity="WARNING",
                 datetime_str=datetime_str, force_simple=True, process_docs_parallel=1,
             )

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=".cache/bench_evaluate", help="folder for both runs' outputs")
     args = p.parse_args(argv)
 
-    from selfilter.selection.neighbours import cpu_description
+    from selfilter.machine import cpu_description
 
     ws = Path(args.workspace).resolve()
     if not (ws / "runs").is_dir():

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from selfilter.models.loading import trainable_parameters
-    from selfilter.selection.neighbours import cpu_description
+    from selfilter.machine import cpu_description
     from selfilter.training.answer_loss import AnswerLoss, FullLogitsLoss
     from selfilter.training.loop import adamw, model_inputs
 

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from selfilter.selection import diverse_greedy, reference_greedy
-    from selfilter.selection.neighbours import cpu_description
+    from selfilter.machine import cpu_description
 
     features = make_features(args.features, args.n, args.d, args.seed, args.n_clusters, args.noise, args.clip)
     difficulty = np.random.default_rng(args.seed + 1).standard_normal(args.n)

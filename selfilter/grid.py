@@ -50,8 +50,11 @@ class UnitRefused(RuntimeError):
 
 
 def machine() -> dict[str, str]:
-    """Where this process runs: the host name and the grid worker's name (``local`` outside a grid)."""
-    return {"host": socket.gethostname(), "worker": os.environ.get(WORKER_ENV) or "local"}
+    """Where this process runs: the host name, the grid worker's name (``local`` outside a grid)
+    and the CPU with the flags that pick its float kernels (another CPU redraws a run's noise)."""
+    from selfilter.machine import cpu_description
+
+    return {"host": socket.gethostname(), "worker": os.environ.get(WORKER_ENV) or "local", "cpu": cpu_description()}
 
 
 _UNIT = re.compile(r"^(?:[A-Za-z0-9_][\w.-]*/[\w.-]+|_base|stage:[\w.@-]+|shard:\d+of\d+)$")

@@ -68,7 +68,7 @@ def collect_regime(ws: Path, dest: Path, name: str, regime: Mapping[str, Any],
             shutil.copyfile(ws / rel, tmp)
             tmp.replace(dest / Path(rel).name)
     from selfilter.grid import code_digest
-    from selfilter.selection.neighbours import cpu_description
+    from selfilter.machine import cpu_description
 
     # the code and the CPU the results came from: training this small model is chaotic, so a rerun
     # on other code or another instruction set (AVX2 vs AVX-512 kernels) is a fresh draw of its

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from selfilter.machine import cpu_flags as _cpu_flags  # a module global: tests replace it
 from selfilter.selection.similarity import exact_cosine_pairs
 
 BACKENDS = ("auto", "dense", "clustered")
@@ -98,39 +99,12 @@ def native_bf16(device: str = "cpu") -> bool:
     return bf16_speedup(str(device)) >= 1.3
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def resolve_precision(precision: str, device: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         return "bfloat16" if native_bf16(str(device)) else "float32"
     return precision
-
-
-def cpu_description() -> str:
-    """The CPU model and the flags that decide the fast path, for benchmark reports."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    flags = sorted(_cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile",
-                                   "avx512_vnni", "avx_vnni", "f16c", "fma"})
-    return f"{model or 'unknown CPU'} [{' '.join(flags)}]"
 
 
 # ---------------------------------------------------------------------------------------------

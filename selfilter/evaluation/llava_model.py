@@ -17,7 +17,7 @@ the same decoding (``skip_special_tokens``; ``until`` is not applied, as ``llava
 go through one left-padded ``generate`` call per batch of requests with equal generation
 arguments, each with exactly one image; any other request takes the batch-1 path. Outputs equal
 the batch-1 path's up to float rounding: identical in float64 (tests/evaluation), and on the
-embedded benchmark in float32 the measured differences are listed in docs/METHOD.md.
+default grid in float32 every one of 17,360 responses was identical (benchmarks/README.md).
 
 What it returns keeps lmms-eval's convention - not lm-eval's summed log-probability: every
 ``loglikelihood`` of lmms-eval's models returns ``(outputs.loss, is_greedy)``, the *mean*

@@ -18,7 +18,6 @@ Heavy pieces (k-means, within-cluster similarities, kernels) are blocked torch p
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from selfilter.selection.baselines import _check_budget, top_k
 
@@ -55,6 +54,7 @@ def semdedup_redundancy(features: np.ndarray, n_clusters: int, seed: int, *, dev
     group of mutual near-duplicates; as in the paper, a row can be dropped because of an earlier
     row that was itself dropped (no transitive re-check).
     """
+    import torch
     from sklearn.cluster import MiniBatchKMeans
 
     x = _unit_rows(features)
@@ -135,6 +135,7 @@ def spherical_kmeans(x: torch.Tensor, k: int, seed: int, *, iters: int = 25) -> 
     Initial centres: ``k`` distinct rows drawn with a seeded generator. Returns (labels [N],
     centres [k, D]). An emptied cluster keeps its previous centre.
     """
+    import torch
     n = x.shape[0]
     k = max(1, min(int(k), n))
     g = torch.Generator().manual_seed(int(seed))
@@ -154,6 +155,7 @@ def spherical_kmeans(x: torch.Tensor, k: int, seed: int, *, iters: int = 25) -> 
 def transferability(centres: torch.Tensor) -> torch.Tensor:
     """COINCIDE's proxy: a cluster's mean cosine to the *other* centroids (a cluster close to
     many others is assumed to teach what transfers to them)."""
+    import torch
     k = centres.shape[0]
     if k == 1:
         return torch.ones(1, dtype=torch.float64, device=centres.device)
@@ -162,6 +164,7 @@ def transferability(centres: torch.Tensor) -> torch.Tensor:
 
 
 def _kernel(a: torch.Tensor, b: torch.Tensor, width: float) -> torch.Tensor:
+    import torch
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
     return torch.exp(-d2.clamp(min=0) / (2 * width ** 2))
 
@@ -181,6 +184,7 @@ def mmd_prototypes(xc: torch.Tensor, m: int, width: float) -> np.ndarray:
     Uses MMD^2(S) = mean K(X,X) - 2/|S| sum_s mu_s + 1/|S|^2 sum_{s,s'} K(s,s') with
     mu_s = mean_x K(x, s), updated incrementally: one kernel row per pick, O(m * n) in all.
     """
+    import torch
     n = xc.shape[0]
     mu = torch.cat([_kernel(xc, xc[s:s + _BLOCK], width).double().mean(dim=0) for s in range(0, n, _BLOCK)])
     diag = torch.ones(n, dtype=torch.float64, device=xc.device)  # K(x, x) = 1 for a Gaussian kernel
@@ -212,6 +216,7 @@ def coincide(activations: np.ndarray, budget_n: int, *, n_clusters: int, tempera
        yet visited)`` samples (all of it if the cluster is smaller), by greedy MMD prototypes;
     4. a shortfall left by rounding/small clusters is filled at random (seeded).
     """
+    import torch
     if temperature <= 0 or kernel_width <= 0:
         raise ValueError("temperature and kernel_width must be > 0")
     n = np.shape(activations)[0]

@@ -36,7 +36,11 @@ import json
 
 import PIL.Image
 import torch
-from lmms_eval.models.simple.llava_hf import DEFAULT_IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE, LlavaHf
+from lmms_eval.models.simple.llava_hf import (
+    DEFAULT_IMAGE_TOKEN,
+    VICUNA_CHAT_TEMPLATE,
+    LlavaHf,
+)
 from tqdm.auto import tqdm
 
 MODEL_NAME = "selfilter_llava_hf"
@@ -95,13 +99,14 @@ class SelfilterLlavaHf(LlavaHf):
             res.append((float(-token_lp.mean()), greedy))
         return res
 
-
     def generate_until(self, requests) -> list[str]:
         """``llava_hf``'s generation, in batches of ``batch_size`` (see the module docstring)."""
         if self.batch_size_per_gpu <= 1:
             return super().generate_until(requests)
         res: list[str | None] = [None] * len(requests)
-        groups: dict[str, list[tuple[int, str, PIL.Image.Image]]] = {}
+        # requests with equal generation arguments share batches; each group keeps its first
+        # request's own arguments (the JSON key only groups them)
+        groups: dict[str, tuple[dict, list[tuple[int, str, PIL.Image.Image]]]] = {}
         single = []
         for i, r in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = r.args
@@ -110,7 +115,7 @@ class SelfilterLlavaHf(LlavaHf):
                 single.append(i)  # text-only, several images, video: llava_hf's own path
                 continue
             key = json.dumps(gen_kwargs, sort_keys=True, default=repr)
-            groups.setdefault(key, []).append((i, context, visuals[0]))
+            groups.setdefault(key, (dict(gen_kwargs), []))[1].append((i, context, visuals[0]))
         if single:
             batch, self.batch_size_per_gpu = self.batch_size_per_gpu, 1
             try:
@@ -118,16 +123,15 @@ class SelfilterLlavaHf(LlavaHf):
                     res[i] = text
             finally:
                 self.batch_size_per_gpu = batch
-        n_batches = sum(-(-len(g) // self.batch_size_per_gpu) for g in groups.values())
+        n_batches = sum(-(-len(items) // self.batch_size_per_gpu) for _, items in groups.values())
         bar = tqdm(total=n_batches, disable=(self.rank != 0), desc="Model Responding")
-        for key, items in groups.items():
-            gen_kwargs = json.loads(key)
+        self._use_chat_template()
+        for gen_kwargs, items in groups.values():
             gen_kwargs.pop("until", None)  # llava_hf stops at end-of-sequence only
             prompts = []
             for i, context, _ in items:
                 if DEFAULT_IMAGE_TOKEN not in context:  # as llava_hf prepends it
                     context = f"{DEFAULT_IMAGE_TOKEN}\n{context}"
-                self._use_chat_template()
                 prompts.append(self.tokenizer.apply_chat_template(
                     [{"role": "user", "content": context}], tokenize=False, add_generation_prompt=True))
             # longest prompts first (as llava_hf orders them): rows of a batch pad little

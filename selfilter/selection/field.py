@@ -17,9 +17,14 @@ Heavy pieces (k-means, within-cluster similarities, kernels) are blocked torch p
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from selfilter.selection.baselines import _check_budget, top_k
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a method runs
+    import torch
 
 _BLOCK = 4096  # rows per blocked similarity product (memory: BLOCK x cluster size floats)
 
@@ -136,6 +141,7 @@ def spherical_kmeans(x: torch.Tensor, k: int, seed: int, *, iters: int = 25) -> 
     centres [k, D]). An emptied cluster keeps its previous centre.
     """
     import torch
+
     n = x.shape[0]
     k = max(1, min(int(k), n))
     g = torch.Generator().manual_seed(int(seed))
@@ -156,6 +162,7 @@ def transferability(centres: torch.Tensor) -> torch.Tensor:
     """COINCIDE's proxy: a cluster's mean cosine to the *other* centroids (a cluster close to
     many others is assumed to teach what transfers to them)."""
     import torch
+
     k = centres.shape[0]
     if k == 1:
         return torch.ones(1, dtype=torch.float64, device=centres.device)
@@ -185,6 +192,7 @@ def mmd_prototypes(xc: torch.Tensor, m: int, width: float) -> np.ndarray:
     mu_s = mean_x K(x, s), updated incrementally: one kernel row per pick, O(m * n) in all.
     """
     import torch
+
     n = xc.shape[0]
     mu = torch.cat([_kernel(xc, xc[s:s + _BLOCK], width).double().mean(dim=0) for s in range(0, n, _BLOCK)])
     diag = torch.ones(n, dtype=torch.float64, device=xc.device)  # K(x, x) = 1 for a Gaussian kernel
@@ -217,6 +225,7 @@ def coincide(activations: np.ndarray, budget_n: int, *, n_clusters: int, tempera
     4. a shortfall left by rounding/small clusters is filled at random (seeded).
     """
     import torch
+
     if temperature <= 0 or kernel_width <= 0:
         raise ValueError("temperature and kernel_width must be > 0")
     n = np.shape(activations)[0]

@@ -40,9 +40,8 @@ def _requests(n: int, max_new_tokens: int, seed: int = 0):
 
 
 def _model(tiny_llava_dir, batch_size: int) -> SelfilterLlavaHf:
-    lm = SelfilterLlavaHf(pretrained=str(tiny_llava_dir), device="cpu", device_map="cpu", dtype="float64",
-                          batch_size=batch_size)
-    return lm
+    return SelfilterLlavaHf(pretrained=str(tiny_llava_dir), device="cpu", device_map="cpu", dtype="float64",
+                            batch_size=batch_size)
 
 
 def _generate(lm, docs, requests):

@@ -14,6 +14,11 @@ runs whose marker digest matches (OUT is ``persist: true`` in dvc.yaml, so DVC k
 resumes an interrupted run from its ``checkpoint/``, and removes run folders of subsets that no
 longer exist. A run without ``done.json`` is never used downstream.
 
+Two runs with the same subset file, recipe, base model and seed compute the same weights, so
+only one is trained and the other gets a copy (its ``train_log.json`` names the run it was
+``trained_as``): in uniform regimes ``self_filter_guarded`` sets nothing aside and picks the
+subsets of ``self_filter_clip`` byte for byte.
+
 ``--only METHOD/RUN`` (repeatable) trains just those runs and removes nothing else: a grid
 unit (flows/grid.py) on another machine writing into a shared workspace, beside other units.
 ``--plan`` prints the runs still to do as JSON (after the usual clean-up) and trains nothing.
@@ -184,6 +189,56 @@ def _train_one(job: _Job) -> tuple[str, int, float, float]:
     return job.name, result.step, result.log[-1]["loss"], result.wall_s
 
 
+def _split_twins(jobs: list[_Job], out: Path) -> tuple[list[_Job], list[tuple[_Job, Path]]]:
+    """(runs to train, [(twin, run folder it copies)]). A twin has the digest (subset file,
+    recipe, base model) and seed of a finished run in ``out`` or of an earlier job here."""
+    from selfilter.io import read_json
+    from selfilter.training.finetune import SUBSET_DIR
+
+    done: dict[tuple[str, int], Path] = {}
+    for marker in sorted(out.glob("*/*/done.json")):
+        m = SUBSET_DIR.match(marker.parent.name)
+        digest = read_json(marker).get("digest") if m else None
+        if digest:
+            done.setdefault((digest, int(m["seed"])), marker.parent)
+    train: list[_Job] = []
+    twins: list[tuple[_Job, Path]] = []
+    for job in jobs:
+        key = (job.digest, job.spec.seed)
+        if key in done:
+            twins.append((job, done[key]))
+        else:
+            done[key] = out / job.method / job.spec.name  # trained below, before any twin copies it
+            train.append(job)
+    return train, twins
+
+
+def _copy_twin(job: _Job, source: Path, out: Path) -> tuple[str, int, float, float]:
+    """Give ``job`` the finished run in ``source``: same files, its own method and subset in
+    run.json and train_log.json, ``done.json`` last (a folder without it is redone)."""
+    from selfilter.io import read_json, write_json
+
+    run_dir = out / job.method / job.spec.name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("done.json", "run.json", "checkpoint*"))
+    write_json(run_dir / "run.json", {"digest": job.digest, "method": job.method, "subset": str(job.spec.path)})
+    train_log = read_json(run_dir / "train_log.json")
+    trained_as = f"{source.parent.name}/{source.name}"
+    write_json(run_dir / "train_log.json", {**train_log, "method": job.method, "trained_as": trained_as})
+    steps = read_json(source / "done.json")["steps"]
+    write_json(run_dir / "done.json", {"digest": job.digest, "steps": steps})
+    log.info("%s: same subset, seed, recipe and base as %s - its weights copied, not retrained",
+             job.name, trained_as)
+    return job.name, steps, train_log["final_loss"], train_log["wall_s"]
+
+
+def _copy_twins(twins: list[tuple[_Job, Path]], out: Path, bar) -> None:
+    for job, source in twins:
+        if (source / "done.json").is_file():  # not when max_steps stopped the run it copies
+            _finished(bar, *_copy_twin(job, source, out))
+
+
 def _runs_bar(total: int, args: argparse.Namespace):
     from tqdm.auto import tqdm
 
@@ -217,6 +272,15 @@ def _run(args: argparse.Namespace) -> int:
         log.info("all runs of %s up to date", ", ".join(methods))
         return 0
 
+    # a grid unit (--only) trains what it is given: its twin may be another machine's unit
+    twins: list[tuple[_Job, Path]] = []
+    if only is None:
+        jobs, twins = _split_twins(jobs, out)
+    if not jobs:
+        with _runs_bar(len(twins), args) as bar:
+            _copy_twins(twins, out, bar)
+        return 0
+
     # Every record any remaining run needs, encoded once (the processor runs up front, not per step).
     union: dict[int, dict] = {}
     for job in jobs:
@@ -239,16 +303,18 @@ def _run(args: argparse.Namespace) -> int:
         # fork: children inherit the encoded pool copy-on-write. The parent has run no torch
         # parallel region yet (encoding only builds tensors), so no OpenMP pool is inherited.
         _CTX["progress"] = False
-        with mp.get_context("fork").Pool(workers) as p, _runs_bar(len(jobs), args) as bar:
+        with mp.get_context("fork").Pool(workers) as p, _runs_bar(len(jobs) + len(twins), args) as bar:
             for name, steps, loss, wall in p.imap_unordered(_train_one, jobs):
                 _finished(bar, name, steps, loss, wall)
+            _copy_twins(twins, out, bar)
     else:
         # one bar for the stage's runs; each run's own step bar only with SELFILTER_VERBOSE
         _CTX["progress"] = not args.no_progress and console.verbose()
         _CTX["accelerator"] = make_accelerator(cfg.device, cfg.mixed_precision)
-        with _runs_bar(len(jobs), args) as bar:
+        with _runs_bar(len(jobs) + len(twins), args) as bar:
             for job in jobs:
                 _finished(bar, *_train_one(job))
+            _copy_twins(twins, out, bar)
     log.info("%d run(s) of %d method(s) in %.1f s (%d worker(s))", len(jobs), len(methods),
              time.perf_counter() - started, workers)
     return 0

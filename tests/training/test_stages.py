@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -229,3 +230,46 @@ def test_a_grid_unit_trains_under_accelerate_launch_with_the_workers_config(work
     monkeypatch.delenv(ACCELERATE_ENV)
     argv, _ = _python_argv(["python", "-m", "stages.evaluate", "--only", "x/y"], repo)
     assert argv[1:4] == ["-P", "-m", "stages.evaluate"]
+
+
+def test_a_run_with_the_same_subset_seed_and_recipe_is_copied_not_retrained(workspace, tiny_llava_dir,
+                                                                              tmp_path, monkeypatch):
+    """`twin` repeats toy's subset files (as self_filter_guarded repeats self_filter_clip's
+    where its fence sets nothing aside): b0.25_s0 has toy's seed too and is copied; b0.25_s1
+    has another seed and is trained. The copy's bytes equal a run of `twin` trained alone."""
+    import selfilter.training.finetune as ft
+    from stages.finetune import main
+
+    ws, images = workspace
+    sel = tmp_path / "selections"
+    shutil.copytree(ws / "selections" / "toy", sel / "toy")
+    subset = (sel / "toy" / "b0.25_s0" / "subset.json").read_bytes()
+    for name in ("b0.25_s0", "b0.25_s1"):
+        (sel / "twin" / name).mkdir(parents=True)
+        (sel / "twin" / name / "subset.json").write_bytes(subset)
+    trained = []
+    real = ft.finetune
+    monkeypatch.setattr(ft, "finetune", lambda *a, **k: trained.append(k["desc"]) or real(*a, **k))
+
+    def args(out, *methods):
+        return ["--params", str(ws / "params.yaml"), *[x for m in methods for x in ("--method", m)],
+                "--selections", str(sel), "--image-dir", str(images), "--model", str(tiny_llava_dir),
+                "--out", str(out), "--no-progress"]
+
+    assert main(args(tmp_path / "runs", "toy", "twin")) == 0
+    assert sorted(trained) == ["toy/b0.25_s0", "toy/b0.5_s1", "twin/b0.25_s1"]
+    runs = tmp_path / "runs"
+    copy = read_json(runs / "twin/b0.25_s0/train_log.json")
+    assert copy["trained_as"] == "toy/b0.25_s0" and copy["method"] == "twin"
+    assert read_json(runs / "twin/b0.25_s0/run.json")["method"] == "twin"
+    assert (runs / "twin/b0.25_s0/done.json").is_file()
+    assert "trained_as" not in read_json(runs / "twin/b0.25_s1/train_log.json")
+
+    trained.clear()
+    assert main(args(tmp_path / "alone", "twin")) == 0  # the reference: twin trained by itself
+    assert sorted(trained) == ["twin/b0.25_s0", "twin/b0.25_s1"]
+    for name in ("b0.25_s0", "b0.25_s1"):
+        assert ((runs / "twin" / name / "model.safetensors").read_bytes()
+                == (tmp_path / "alone" / "twin" / name / "model.safetensors").read_bytes())
+    trained.clear()
+    assert main(args(tmp_path / "runs", "toy", "twin")) == 0 and trained == []  # all done: nothing redone

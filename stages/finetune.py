@@ -127,6 +127,20 @@ def _plan(args, cfg, methods, out: Path, only: set[str] | None = None) -> list[_
     return jobs
 
 
+def _write_marker(run_dir: Path, job: _Job) -> None:
+    """``run.json``, first: which run the folder holds (a folder whose digest differs is redone)."""
+    from selfilter.io import write_json
+
+    write_json(run_dir / "run.json", {"digest": job.digest, "method": job.method, "subset": str(job.spec.path)})
+
+
+def _write_done(run_dir: Path, job: _Job, steps: int) -> None:
+    """``done.json``, last: a run folder without it is never used downstream."""
+    from selfilter.io import write_json
+
+    write_json(run_dir / "done.json", {"digest": job.digest, "steps": steps})
+
+
 # State shared with forked workers (set in the parent before the fork; read-only afterwards).
 _CTX: dict = {}
 
@@ -151,7 +165,7 @@ def _train_one(job: _Job) -> tuple[str, int, float, float]:
         marker = run_dir / "run.json"
         if run_dir.exists() and not (marker.is_file() and read_json(marker).get("digest") == job.digest):
             shutil.rmtree(run_dir)  # a different (older) run: nothing in it can be resumed
-        write_json(marker, {"digest": job.digest, "method": job.method, "subset": str(spec.path)})
+        _write_marker(run_dir, job)
     accelerator.wait_for_everyone()
     data = pool.subset([position[r["uid"]] for r in job.records])
     steps = recipe_steps(len(data), spec.budget, recipe=cfg.recipe, epochs=cfg.epochs,
@@ -184,7 +198,7 @@ def _train_one(job: _Job) -> tuple[str, int, float, float]:
         })
     remove_checkpoint(accelerator, run_dir)
     if main_proc:  # the marker goes last: a run without it is redone
-        write_json(run_dir / "done.json", {"digest": job.digest, "steps": result.step})
+        _write_done(run_dir, job, result.step)
     accelerator.wait_for_everyone()
     return job.name, result.step, result.log[-1]["loss"], result.wall_s
 
@@ -222,12 +236,12 @@ def _copy_twin(job: _Job, source: Path, out: Path) -> tuple[str, int, float, flo
     if run_dir.exists():
         shutil.rmtree(run_dir)
     shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("done.json", "run.json", "checkpoint*"))
-    write_json(run_dir / "run.json", {"digest": job.digest, "method": job.method, "subset": str(job.spec.path)})
+    _write_marker(run_dir, job)
     train_log = read_json(run_dir / "train_log.json")
     trained_as = f"{source.parent.name}/{source.name}"
     write_json(run_dir / "train_log.json", {**train_log, "method": job.method, "trained_as": trained_as})
     steps = read_json(source / "done.json")["steps"]
-    write_json(run_dir / "done.json", {"digest": job.digest, "steps": steps})
+    _write_done(run_dir, job, steps)
     log.info("%s: same subset, seed, recipe and base as %s - its weights copied, not retrained",
              job.name, trained_as)
     return job.name, steps, train_log["final_loss"], train_log["wall_s"]
